@@ -1,0 +1,18 @@
+// kimi_runtime._C: declarations and exports only; each area registers its own functions.
+#include <pybind11/pybind11.h>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+void register_info(py::module_& m);   // info_bind.cpp: CPU features, threads
+void register_quant(py::module_& m);  // quant_bind.cpp: dequant, quantize, gemv/gemm, MoE FFN
+void register_cache(py::module_& m);  // cache_bind.cpp: expert store, slot pool, expert cache
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "kimi_runtime native core (CPU)";
+  py::register_exception<kr::ArgError>(m, "ArgError", PyExc_ValueError);
+  register_info(m);
+  register_quant(m);
+  register_cache(m);
+}

@@ -1,0 +1,3 @@
+from kimi_runtime.cli import main
+
+raise SystemExit(main())
