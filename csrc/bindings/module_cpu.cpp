@@ -6,7 +6,8 @@
 namespace py = pybind11;
 
 void register_info(py::module_& m);   // info_bind.cpp: CPU features, threads
-void register_quant(py::module_& m);  // quant_bind.cpp: dequant, quantize, gemv/gemm, MoE FFN
+void register_quant(py::module_& m);  // quant_bind.cpp: type table, dequantize, quantize
+void register_gemv(py::module_& m);   // gemv_bind.cpp: fused dequant-dot gemv/gemm, MoE FFN
 void register_cache(py::module_& m);  // cache_bind.cpp: expert store, slot pool, expert cache
 
 PYBIND11_MODULE(_C, m) {
@@ -14,5 +15,6 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception<kr::ArgError>(m, "ArgError", PyExc_ValueError);
   register_info(m);
   register_quant(m);
+  register_gemv(m);
   register_cache(m);
 }
