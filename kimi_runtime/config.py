@@ -34,6 +34,15 @@ def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1.0 else 0.1 * mscale * math.log(scale) + 1.0
 
 
+# Far above any real model (Kimi K2: vocab 163840, hidden 7168, 61 layers, 384 experts).
+_LIMITS = {
+    "n_vocab": 1 << 24, "n_embd": 1 << 20, "n_ff": 1 << 24, "n_ff_exp": 1 << 24, "n_layer": 1 << 14,
+    "n_head": 1 << 14, "q_lora_rank": 1 << 20, "kv_lora_rank": 1 << 20, "qk_nope_head_dim": 1 << 16,
+    "qk_rope_head_dim": 1 << 16, "v_head_dim": 1 << 16, "n_expert": 1 << 16, "n_expert_shared": 1 << 10,
+    "n_group": 1 << 16, "context_length": 1 << 40,
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     n_vocab: int
@@ -81,6 +90,9 @@ class ModelConfig:
             need(self.n_expert_used <= self.topk_group * (self.n_expert // self.n_group),
                  "expert_used_count exceeds the experts of the selected groups")
         need(self.gating in ("sigmoid", "softmax"), f"unknown gating {self.gating!r}")
+        # Absurd sizes (a corrupt or hostile file) would drive loops and allocations downstream.
+        for name, limit in _LIMITS.items():
+            need(getattr(self, name) <= limit, f"{name} = {getattr(self, name)} exceeds the sanity limit {limit}")
 
     # ---- derived sizes
     @property
@@ -219,6 +231,9 @@ def _vocab_from_tokens(md: Mapping[str, Any], src: str) -> int:
     toks = md.get("tokenizer.ggml.tokens")
     if toks is None:
         raise ConfigError(f"{src}: neither {ARCH}.vocab_size nor tokenizer.ggml.tokens is present")
+    if not isinstance(toks, (list, tuple)):
+        raise ConfigError(f"{src}: key tokenizer.ggml.tokens has type {type(toks).__name__}, expected an array "
+                          f"of strings")
     return len(toks)
 
 

@@ -1,0 +1,391 @@
+// ExpertCache: slot bookkeeping under one mutex, byte movement on a loader thread outside it.
+// Invariants: a slot is in exactly one of free_, evictable_ (Ready and unpinned), or "busy"
+// (pinned or Loading); slot_of_ maps a key to its slot while the slot is not free.
+#include "cache/expert_cache.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "common.h"
+
+namespace kr {
+
+void CacheStats::add(const CacheStats& o) {
+  hits += o.hits;
+  misses += o.misses;
+  prefetch_hits += o.prefetch_hits;
+  prefetches += o.prefetches;
+  prefetch_dropped += o.prefetch_dropped;
+  loads += o.loads;
+  bytes_loaded += o.bytes_loaded;
+  evictions += o.evictions;
+  stall_seconds += o.stall_seconds;
+}
+
+ExpertCache::ExpertCache(std::shared_ptr<ExpertStore> store, std::shared_ptr<SlotPool> pool,
+                         EvictPolicy policy, double acquire_timeout_s)
+    : store_(std::move(store)), pool_(std::move(pool)), policy_(policy),
+      timeout_(acquire_timeout_s) {
+  KR_CHECK(store_ && pool_, "ExpertCache needs a store and a pool");
+  KR_CHECK(acquire_timeout_s > 0, "ExpertCache: acquire_timeout_s must be positive");
+  KR_CHECK(store_->max_expert_bytes() > 0, "ExpertCache: the store has no experts registered");
+  KR_CHECK(pool_->slot_bytes() >= store_->max_expert_bytes(),
+           "ExpertCache: slots of " + std::to_string(pool_->slot_bytes()) +
+               " bytes cannot hold the largest expert (" +
+               std::to_string(store_->max_expert_bytes()) + " bytes)");
+  KR_CHECK(pool_->host_accessible() || pool_->wants_staging(),
+           "ExpertCache: a pool that is not host-accessible must use staging");
+  size_t n_keys = (size_t)store_->n_layers() * store_->n_experts();
+  slots_.resize(pool_->n_slots());
+  slot_of_.assign(n_keys, -1);
+  freq_.assign(n_keys, 0);
+  for (int s = (int)slots_.size() - 1; s >= 0; --s) free_.push_back(s);
+  stats_.resize(store_->n_layers());
+  if (pool_->wants_staging()) {
+    staging_[0] = static_cast<uint8_t*>(pool_->alloc_staging(store_->max_expert_bytes()));
+    staging_[1] = static_cast<uint8_t*>(pool_->alloc_staging(store_->max_expert_bytes()));
+  }
+  loader_ = std::thread([this] { loader_main(); });
+}
+
+ExpertCache::~ExpertCache() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  loader_.join();
+  for (auto* b : staging_)
+    if (b) pool_->free_staging(b);
+}
+
+void ExpertCache::check_ids(int layer, const std::vector<int>& ids) const {
+  KR_CHECK(layer >= 0 && layer < store_->n_layers(),
+           "ExpertCache: layer " + std::to_string(layer) + " out of range");
+  for (int e : ids) {
+    KR_CHECK(e >= 0 && e < store_->n_experts(),
+             "ExpertCache: expert " + std::to_string(e) + " out of range [0, " +
+                 std::to_string(store_->n_experts()) + ")");
+    KR_CHECK(store_->has(layer, e), "ExpertCache: layer " + std::to_string(layer) + " expert " +
+                                        std::to_string(e) + " has no bytes in the store");
+  }
+}
+
+void ExpertCache::make_evictable(int s) {
+  Slot& sl = slots_[s];
+  size_t k = key(sl.layer, sl.expert);
+  // LRU: oldest tick first. LFU: fewest accesses first, then oldest.
+  sl.ekey = policy_ == EvictPolicy::LRU ? std::make_tuple(tick_, (uint64_t)0, s)
+                                        : std::make_tuple((uint64_t)freq_[k], tick_, s);
+  evictable_.insert(sl.ekey);
+  sl.evictable = true;
+}
+
+void ExpertCache::make_unevictable(int s) {
+  Slot& sl = slots_[s];
+  if (!sl.evictable) return;
+  evictable_.erase(sl.ekey);
+  sl.evictable = false;
+}
+
+void ExpertCache::free_slot(int s) {
+  Slot& sl = slots_[s];
+  make_unevictable(s);
+  slot_of_[key(sl.layer, sl.expert)] = -1;
+  sl = Slot{};
+  free_.push_back(s);
+}
+
+int ExpertCache::take_slot() {
+  if (free_.empty()) {
+    KR_CHECK(!evictable_.empty(), "ExpertCache: internal error: no slot to evict");
+    int victim = std::get<2>(*evictable_.begin());
+    stats_[slots_[victim].layer].evictions++;
+    free_slot(victim);
+  }
+  int s = free_.back();
+  free_.pop_back();
+  return s;
+}
+
+void ExpertCache::unpin(int s) {
+  Slot& sl = slots_[s];
+  if (--sl.pins > 0) return;
+  if (sl.state == State::Ready)
+    make_evictable(s);
+  else if (sl.state == State::Failed)
+    free_slot(s);
+}
+
+std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
+  check_ids(layer, ids);
+  std::vector<int> uniq;
+  uniq.reserve(ids.size());
+  for (int e : ids)
+    if (std::find(uniq.begin(), uniq.end(), e) == uniq.end()) uniq.push_back(e);
+  KR_CHECK(uniq.size() <= slots_.size(),
+           "ExpertCache.acquire: " + std::to_string(uniq.size()) +
+               " distinct experts requested but the cache has only " +
+               std::to_string(slots_.size()) + " slots");
+
+  std::unique_lock<std::mutex> lk(mu_);
+  auto deadline = std::chrono::steady_clock::now() + timeout_;
+  size_t need = 0;
+  // Misses must fit in free + evictable slots, not counting evictable slots this call will pin.
+  auto fits = [&] {
+    size_t own = 0;
+    need = 0;
+    for (int e : uniq) {
+      int s = slot_of_[key(layer, e)];
+      if (s < 0)
+        need++;
+      else
+        own += slots_[s].evictable;
+    }
+    return need <= free_.size() + evictable_.size() - own;
+  };
+  while (!fits()) {
+    // Slots come back when other callers release or when prefetch loads finish.
+    if (state_cv_.wait_until(lk, deadline) == std::cv_status::timeout && !fits()) {
+      throw std::runtime_error(
+          "ExpertCache.acquire: timed out waiting for " + std::to_string(need) +
+          " free slots; " + std::to_string(count_pinned()) + " of " +
+          std::to_string(slots_.size()) +
+          " slots are pinned (release experts you no longer use, or enlarge the cache)");
+    }
+  }
+
+  CacheStats& st = stats_[layer];
+  // Hits are pinned before any eviction so a miss can never evict an expert this call needs.
+  std::vector<int> out(ids.size(), -1);
+  for (int e : uniq) {
+    int s = slot_of_[key(layer, e)];
+    if (s < 0) continue;
+    Slot& sl = slots_[s];
+    st.hits++;
+    if (sl.prefetched) {
+      st.prefetch_hits++;
+      sl.prefetched = false;
+    }
+    make_unevictable(s);
+  }
+  for (int e : uniq) {
+    if (slot_of_[key(layer, e)] >= 0) continue;
+    st.misses++;
+    int s = take_slot();
+    Slot& sl = slots_[s];
+    sl.layer = layer;
+    sl.expert = e;
+    sl.state = State::Loading;
+    slot_of_[key(layer, e)] = s;
+    loading_++;
+    queue_.push_front(Job{s, layer, e});  // demand loads jump ahead of prefetches
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    size_t k = key(layer, ids[i]);
+    out[i] = slot_of_[k];
+    slots_[out[i]].pins++;
+    freq_[k]++;
+  }
+  tick_++;
+  work_cv_.notify_one();
+
+  auto all_loaded = [&] {
+    for (int s : out)
+      if (slots_[s].state == State::Loading) return false;
+    return true;
+  };
+  if (!all_loaded()) {
+    auto t0 = std::chrono::steady_clock::now();
+    state_cv_.wait(lk, all_loaded);
+    st.stall_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::string err;
+  for (int s : out)
+    if (slots_[s].state == State::Failed && err.empty()) err = slots_[s].error;
+  if (!err.empty()) {
+    for (int s : out) unpin(s);
+    state_cv_.notify_all();
+    throw std::runtime_error("ExpertCache.acquire: load failed: " + err);
+  }
+  return out;
+}
+
+void ExpertCache::release(int layer, const std::vector<int>& ids) {
+  check_ids(layer, ids);
+  std::lock_guard<std::mutex> lk(mu_);
+  // Validate the whole call first so a bad id leaves every pin untouched.
+  std::unordered_map<int, int> count;
+  for (int e : ids) count[e]++;
+  for (const auto& kv : count) {
+    int s = slot_of_[key(layer, kv.first)];
+    KR_CHECK(s >= 0 && slots_[s].pins >= kv.second,
+             "ExpertCache.release: layer " + std::to_string(layer) + " expert " +
+                 std::to_string(kv.first) + " released more often than acquired");
+  }
+  tick_++;
+  for (int e : ids) unpin(slot_of_[key(layer, e)]);
+  state_cv_.notify_all();
+}
+
+int ExpertCache::prefetch(int layer, const std::vector<int>& ids) {
+  check_ids(layer, ids);
+  std::vector<int> queued;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    CacheStats& st = stats_[layer];
+    tick_++;
+    for (int e : ids) {
+      int s = slot_of_[key(layer, e)];
+      if (s >= 0) {
+        // Already here: refresh its recency so the eviction order reflects the coming use.
+        if (slots_[s].evictable) {
+          make_unevictable(s);
+          make_evictable(s);
+        }
+        continue;
+      }
+      if (free_.empty() && evictable_.empty()) {
+        st.prefetch_dropped++;
+        continue;
+      }
+      s = take_slot();
+      Slot& sl = slots_[s];
+      sl.layer = layer;
+      sl.expert = e;
+      sl.state = State::Loading;
+      sl.prefetched = true;
+      slot_of_[key(layer, e)] = s;
+      loading_++;
+      st.prefetches++;
+      queue_.push_back(Job{s, layer, e});
+      queued.push_back(e);
+    }
+  }
+  if (!queued.empty()) work_cv_.notify_one();
+  for (int e : queued) store_->advise_willneed(layer, e);
+  return (int)queued.size();
+}
+
+void ExpertCache::wait_idle() {
+  std::unique_lock<std::mutex> lk(mu_);
+  state_cv_.wait(lk, [&] { return loading_ == 0; });
+}
+
+void ExpertCache::complete(const Job& job, bool ok, const std::string& err) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    Slot& sl = slots_[job.slot];
+    loading_--;
+    if (ok) {
+      sl.state = State::Ready;
+      stats_[job.layer].loads++;
+      stats_[job.layer].bytes_loaded += store_->expert_bytes(job.layer, job.expert);
+      if (sl.pins == 0) make_evictable(job.slot);
+    } else {
+      sl.state = State::Failed;
+      sl.error = err;
+      if (sl.pins == 0) free_slot(job.slot);
+    }
+  }
+  state_cv_.notify_all();
+}
+
+void ExpertCache::finish_pending(Pending& p) {
+  if (!p.active) return;
+  p.active = false;
+  try {
+    pool_->wait_copy(p.ticket);
+    complete(p.job, true, "");
+  } catch (const std::exception& e) {
+    complete(p.job, false, e.what());
+  }
+}
+
+void ExpertCache::loader_main() {
+  const bool staged = pool_->wants_staging();
+  Pending pend[2];
+  int cur = 0;  // staging buffer the next job uses; pend[cur] is the older copy in flight
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (queue_.empty() && (pend[0].active || pend[1].active)) {
+        lk.unlock();
+        finish_pending(pend[cur]);
+        finish_pending(pend[cur ^ 1]);
+        continue;
+      }
+      work_cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) break;  // stopping, nothing left to load
+      job = queue_.front();
+      queue_.pop_front();
+    }
+    try {
+      if (!staged) {
+        store_->read_expert(job.layer, job.expert,
+                            reinterpret_cast<uint8_t*>(pool_->address(job.slot)));
+        complete(job, true, "");
+        continue;
+      }
+      // Double buffering: this read overlaps the copy still running from the other buffer.
+      finish_pending(pend[cur]);
+      store_->read_expert(job.layer, job.expert, staging_[cur]);
+      pend[cur].ticket = pool_->begin_copy(job.slot, 0, staging_[cur],
+                                           store_->expert_bytes(job.layer, job.expert));
+      pend[cur].job = job;
+      pend[cur].active = true;
+      cur ^= 1;
+    } catch (const std::exception& e) {
+      complete(job, false, e.what());
+    }
+  }
+}
+
+bool ExpertCache::contains(int layer, int expert) const {
+  check_ids(layer, {expert});
+  std::lock_guard<std::mutex> lk(mu_);
+  int s = slot_of_[key(layer, expert)];
+  return s >= 0 && slots_[s].state == State::Ready;
+}
+
+CacheStats ExpertCache::stats(int layer) const {
+  KR_CHECK(layer >= 0 && layer < store_->n_layers(), "ExpertCache.stats: layer out of range");
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_[layer];
+}
+
+CacheStats ExpertCache::total_stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  CacheStats t;
+  for (const auto& s : stats_) t.add(s);
+  return t;
+}
+
+void ExpertCache::reset_stats() {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto& s : stats_) s = CacheStats{};
+}
+
+int ExpertCache::pinned_slots() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return count_pinned();
+}
+
+int ExpertCache::count_pinned() const {
+  int n = 0;
+  for (const auto& s : slots_) n += s.pins > 0;
+  return n;
+}
+
+std::vector<std::tuple<int, int, int, int>> ExpertCache::resident() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<std::tuple<int, int, int, int>> out;
+  for (size_t s = 0; s < slots_.size(); ++s)
+    if (slots_[s].state == State::Ready)
+      out.emplace_back(slots_[s].layer, slots_[s].expert, (int)s, slots_[s].pins);
+  return out;
+}
+
+}  // namespace kr

@@ -1,0 +1,555 @@
+// x86 SIMD dot kernels, written once and compiled twice: by vecdot_avx2.cpp (maddubs+madd) and by
+// vecdot_avx512.cpp with KR_VNNI=1 (vpdpbusd on 256-bit lanes). Everything sits in an anonymous
+// namespace so the two ISA builds never merge under the ODR. Include only from those two files.
+#pragma once
+#include <immintrin.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "cpu/vecdot.h"
+#include "quant/iq_tables.h"
+
+#ifndef KR_VNNI
+#define KR_VNNI 0
+#endif
+
+namespace kr {
+namespace {
+
+inline float f16(uint16_t h) { return _cvtsh_ss(h); }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// acc + sum over groups of 4 of u8 * s8 (unsigned ax must be <= 128 when not VNNI, so the 16-bit
+// pair sums of maddubs cannot saturate against |y| <= 127).
+inline __m256i dpbusd(__m256i acc, __m256i ax, __m256i sy) {
+#if KR_VNNI
+  return _mm256_dpbusd_epi32(acc, ax, sy);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1)));
+#endif
+}
+
+// Signed x signed: move x's sign onto y so the unsigned-by-signed instruction applies.
+inline __m256i dps8(__m256i acc, __m256i x, __m256i y) {
+  return dpbusd(acc, _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+inline __m256i load256(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+
+// 16 packed bytes -> 32 nibbles (elem j = lo nibble of byte j, j+16 = hi nibble), as u8.
+inline __m256i nibbles32(const uint8_t* p) {
+  const __m128i t = _mm_loadu_si128((const __m128i*)p);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
+}
+
+// Q5 high bits: 32 bits -> bytes 0x10 where set.
+inline __m256i bits32_x16(const uint8_t* p) {
+  uint32_t x32;
+  std::memcpy(&x32, p, 4);
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x32), shuf);
+  b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+// ---- float formats
+
+float dot_f32(int64_t n, const void* w, const void* a) {
+  const float* x = (const float*)w;
+  const float* y = (const float*)a;
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
+  float s = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+
+inline __m256 load_f16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+inline __m256 load_bf16x8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+
+template <__m256 (*Load)(const uint16_t*), float (*Cvt)(uint16_t)>
+float dot_half(int64_t n, const void* w, const void* a) {
+  const uint16_t* x = (const uint16_t*)w;
+  const float* y = (const float*)a;
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(Load(x + i), _mm256_loadu_ps(y + i), s0);
+    s1 = _mm256_fmadd_ps(Load(x + i + 8), _mm256_loadu_ps(y + i + 8), s1);
+    s2 = _mm256_fmadd_ps(Load(x + i + 16), _mm256_loadu_ps(y + i + 16), s2);
+    s3 = _mm256_fmadd_ps(Load(x + i + 24), _mm256_loadu_ps(y + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(Load(x + i), _mm256_loadu_ps(y + i), s0);
+  float s = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (; i < n; ++i) s += Cvt(x[i]) * y[i];
+  return s;
+}
+float cvt_f16(uint16_t h) { return _cvtsh_ss(h); }
+float cvt_bf16(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// ---- 32-weight formats x block_q8a32. Two blocks per iteration keep two FMA chains in flight.
+
+float dot_q8_0(int64_t n, const void* w, const void* a) {
+  const block_q8_0* x = (const block_q8_0*)w;
+  const block_q8a32* y = (const block_q8a32*)a;
+  const int64_t nb = n / 32;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const __m256i p0 = dps8(_mm256_setzero_si256(), load256(x[b].qs), load256(y[b].qs));
+    const __m256i p1 = dps8(_mm256_setzero_si256(), load256(x[b + 1].qs), load256(y[b + 1].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(p0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b + 1].d) * y[b + 1].d), _mm256_cvtepi32_ps(p1), acc1);
+  }
+  for (; b < nb; ++b) {
+    const __m256i p0 = dps8(_mm256_setzero_si256(), load256(x[b].qs), load256(y[b].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(p0), acc0);
+  }
+  return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+// Unsigned 4/5-bit codes q with an offset: w = d*(q - off) or d*q + m; the offset/min part is a
+// multiple of sum(y), which the activation block carries as s.
+template <class Blk, int Off, bool HasMin, bool Q5>
+float dot_qx(int64_t n, const void* w, const void* a) {
+  const Blk* x = (const Blk*)w;
+  const block_q8a32* y = (const block_q8a32*)a;
+  __m256 acc = _mm256_setzero_ps();
+  float tail = 0.f;
+  for (int64_t b = 0; b < n / 32; ++b) {
+    __m256i q = nibbles32(x[b].qs);
+    if constexpr (Q5) q = _mm256_or_si256(q, bits32_x16(x[b].qh));
+    const __m256i p = dpbusd(_mm256_setzero_si256(), q, load256(y[b].qs));
+    const float d = f16(x[b].d);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y[b].d), _mm256_cvtepi32_ps(p), acc);
+    if constexpr (HasMin) tail += f16(x[b].m) * y[b].s;
+    else tail -= d * (float)Off * y[b].s;
+  }
+  return hsum(acc) + tail;
+}
+
+// Codebook formats: 4-bit index -> int8 value through a 16-entry pshufb table.
+template <class Blk>
+inline __m256i lut_codes(const Blk& blk, __m256i table) {
+  return _mm256_shuffle_epi8(table, nibbles32(blk.qs));
+}
+
+float dot_iq4_nl(int64_t n, const void* w, const void* a) {
+  const block_iq4_nl* x = (const block_iq4_nl*)w;
+  const block_q8a32* y = (const block_q8a32*)a;
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)tables::kvalues_iq4nl));
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const __m256i p = dps8(_mm256_setzero_si256(), lut_codes(x[b], table), load256(y[b].qs));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(p), acc);
+  }
+  return hsum(acc);
+}
+
+float dot_mxfp4(int64_t n, const void* w, const void* a) {
+  const block_mxfp4* x = (const block_mxfp4*)w;
+  const block_q8a32* y = (const block_q8a32*)a;
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)tables::kvalues_mxfp4));
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const __m256i p = dps8(_mm256_setzero_si256(), lut_codes(x[b], table), load256(y[b].qs));
+    // 2^(e-128) built from its bit pattern; e < 2 gives the two subnormal powers.
+    const uint32_t e = x[b].e;
+    const uint32_t bits = e < 2 ? (0x00200000u << e) : ((e - 1) << 23);
+    float scale;
+    std::memcpy(&scale, &bits, 4);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(scale * y[b].d), _mm256_cvtepi32_ps(p), acc);
+  }
+  return hsum(acc);
+}
+
+// ---- 256-weight formats x block_q8_K
+
+// 16-bit scale pairs: for chunk k of 32 weights, lanes 0-7 take scale 2k, lanes 8-15 scale 2k+1
+// (from a register holding 8 int16 scales in both 128-bit halves).
+inline __m256i scale_pair_shuffle(int k) {
+  const char lo = (char)(4 * k), hi = (char)(4 * k + 2);
+  return _mm256_setr_epi8(lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo,
+                          lo + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi,
+                          hi + 1, hi, hi + 1);
+}
+// One int16 scale k broadcast to all lanes.
+inline __m256i scale_one_shuffle(int k) {
+  const char lo = (char)(2 * k);
+  return _mm256_setr_epi8(lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo,
+                          lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo,
+                          lo + 1, lo, lo + 1);
+}
+
+float dot_q2_K(int64_t n, const void* w, const void* a) {
+  const block_q2_K* x = (const block_q2_K*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const __m128i m4 = _mm_set1_epi8(15);
+  const __m256i sh0 = scale_pair_shuffle(0), sh1 = scale_pair_shuffle(1), sh2 = scale_pair_shuffle(2),
+                sh3 = scale_pair_shuffle(3);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const float d = y[b].d * f16(x[b].d), dmin = -y[b].d * f16(x[b].dmin);
+    const __m128i ms = _mm_loadu_si128((const __m128i*)x[b].scales);
+    const __m256i mins = _mm256_cvtepi8_epi16(_mm_and_si128(_mm_srli_epi16(ms, 4), m4));
+    const __m256i prod = _mm256_madd_epi16(mins, load256(y[b].bsums));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_and_si128(ms, m4));
+    const __m128i sl = _mm256_castsi256_si128(sc), sh = _mm256_extracti128_si256(sc, 1);
+    const __m256i scales[2] = {_mm256_set_m128i(sl, sl), _mm256_set_m128i(sh, sh)};
+    const uint8_t* q2 = x[b].qs;
+    const int8_t* q8 = y[b].qs;
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 2; ++j, q2 += 32, q8 += 128) {
+      const __m256i bits = load256(q2);
+      __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(bits, m3), load256(q8));
+      __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 2), m3), load256(q8 + 32));
+      __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m3), load256(q8 + 64));
+      __m256i p3 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 6), m3), load256(q8 + 96));
+      p0 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh0), p0);
+      p1 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh1), p1);
+      p2 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh2), p2);
+      p3 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh3), p3);
+      sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(acc);
+}
+
+float dot_q3_K(int64_t n, const void* w, const void* a) {
+  const block_q3_K* x = (const block_q3_K*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  const uint32_t km2 = 0x0f0f0f0f, km1 = 0x03030303;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const float d = y[b].d * f16(x[b].d);
+    uint32_t aux[3];
+    std::memcpy(aux, x[b].scales, 12);
+    __m128i s128 = _mm_set_epi32((int)(((aux[1] >> 4) & km2) | (((aux[2] >> 6) & km1) << 4)),
+                                 (int)(((aux[0] >> 4) & km2) | (((aux[2] >> 4) & km1) << 4)),
+                                 (int)((aux[1] & km2) | (((aux[2] >> 2) & km1) << 4)),
+                                 (int)((aux[0] & km2) | (((aux[2] >> 0) & km1) << 4)));
+    s128 = _mm_sub_epi8(s128, _mm_set1_epi8(32));
+    const __m256i sc = _mm256_cvtepi8_epi16(s128);
+    const __m128i sl = _mm256_castsi256_si128(sc), sh = _mm256_extracti128_si256(sc, 1);
+    const __m256i scales[2] = {_mm256_set_m128i(sl, sl), _mm256_set_m128i(sh, sh)};
+    // 4 where the high bit is clear: q = lo - 4*(1 - hbit).
+    const __m256i hbits = load256(x[b].hmask);
+    const uint8_t* q3 = x[b].qs;
+    const int8_t* q8 = y[b].qs;
+    __m256i sumi = _mm256_setzero_si256();
+    int bit = 0;
+    for (int j = 0; j < 2; ++j, q3 += 32) {
+      const __m256i bits = load256(q3);
+      for (int k = 0; k < 4; ++k, ++bit, q8 += 32) {
+        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(_mm256_andnot_si256(hbits, _mm256_set1_epi8((char)(1 << bit))), bit), one);
+        const __m256i yv = load256(q8);
+        __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, yv), _mm256_maddubs_epi16(_mm256_slli_epi16(hb, 2), yv));
+        p = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_pair_shuffle(k)), p);
+        sumi = _mm256_add_epi32(sumi, p);
+      }
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(acc);
+}
+
+// Q4_K / Q5_K scale field -> 8 scales then 8 mins as bytes (ggml's utmp shuffle).
+inline __m256i k4_scales_mins(const uint8_t* s12) {
+  const uint32_t km1 = 0x3f3f3f3f, km2 = 0x0f0f0f0f, km3 = 0x03030303;
+  uint32_t u[4];
+  std::memcpy(u, s12, 12);
+  u[3] = ((u[2] >> 4) & km2) | (((u[1] >> 6) & km3) << 4);
+  const uint32_t uaux = u[1] & km1;
+  u[1] = (u[2] & km2) | (((u[0] >> 6) & km3) << 4);
+  u[2] = uaux;
+  u[0] &= km1;
+  return _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
+}
+
+// The min term of Q4_K / Q5_K: dmin * sum_j m_j * (bsum pair j).
+inline __m128 k4_min_term(__m256i ms, const block_q8_K& y, float dmin, __m128 acc) {
+  const __m256i bs = load256(y.bsums);
+  const __m128i pair = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+  const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), pair);
+  return _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc);
+}
+
+template <bool Q5>
+float dot_qk_K(int64_t n, const void* w, const void* a) {
+  using Blk = std::conditional_t<Q5, block_q5_K, block_q4_K>;
+  const Blk* x = (const Blk*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+  __m256 acc = _mm256_setzero_ps();
+  __m128 accm = _mm_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const float d = y[b].d * f16(x[b].d), dmin = -y[b].d * f16(x[b].dmin);
+    const __m256i ms = k4_scales_mins(x[b].scales);
+    accm = k4_min_term(ms, y[b], dmin, accm);
+    const __m128i s128 = _mm256_castsi256_si128(ms);
+    const __m256i scales = _mm256_set_m128i(s128, s128);
+    const uint8_t* q4 = x[b].qs;
+    const int8_t* q8 = y[b].qs;
+    __m256i hbits;
+    if constexpr (Q5) hbits = load256(x[b].qh);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j, q4 += 32, q8 += 64) {
+      const __m256i bits = load256(q4);
+      __m256i ql = _mm256_and_si256(bits, m4);
+      __m256i qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+      if constexpr (Q5) {
+        ql = _mm256_or_si256(ql, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one), 4));
+        qh = _mm256_or_si256(qh, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one), 4));
+      }
+      const __m256i pl = _mm256_madd_epi16(_mm256_shuffle_epi8(scales, scale_one_shuffle(2 * j)),
+                                           _mm256_maddubs_epi16(ql, load256(q8)));
+      const __m256i ph = _mm256_madd_epi16(_mm256_shuffle_epi8(scales, scale_one_shuffle(2 * j + 1)),
+                                           _mm256_maddubs_epi16(qh, load256(q8 + 32)));
+      sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(_mm256_add_ps(acc, _mm256_zextps128_ps256(accm)));
+}
+
+float dot_q6_K(int64_t n, const void* w, const void* a) {
+  const block_q6_K* x = (const block_q6_K*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const float d = y[b].d * f16(x[b].d);
+    // Scales as int16, both halves: groups 8j..8j+7 of half j.
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)x[b].scales));
+    const __m128i sl = _mm256_castsi256_si128(sc), sh = _mm256_extracti128_si256(sc, 1);
+    const __m256i scales[2] = {_mm256_set_m128i(sl, sl), _mm256_set_m128i(sh, sh)};
+    const uint8_t* ql = x[b].ql;
+    const uint8_t* qh = x[b].qh;
+    const int8_t* q8 = y[b].qs;
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 2; ++j, ql += 64, qh += 32, q8 += 128) {
+      const __m256i b1 = load256(ql), b2 = load256(ql + 32), bh = load256(qh);
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+      for (int k = 0; k < 4; ++k) {
+        const __m256i yv = load256(q8 + 32 * k);
+        __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], yv), _mm256_maddubs_epi16(m32, yv));
+        p = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_pair_shuffle(k)), p);
+        sumi = _mm256_add_epi32(sumi, p);
+      }
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(acc);
+}
+
+float dot_iq4_xs(int64_t n, const void* w, const void* a) {
+  const block_iq4_xs* x = (const block_iq4_xs*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)tables::kvalues_iq4nl));
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    __m256i sumi = _mm256_setzero_si256();
+    const uint32_t sh = x[b].scales_h;
+    for (int ib = 0; ib < 8; ++ib) {
+      const int ls = ((x[b].scales_l[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
+      const __m256i q = _mm256_shuffle_epi8(table, nibbles32(x[b].qs + 16 * ib));
+      const __m256i p = dps8(_mm256_setzero_si256(), q, load256(y[b].qs + 32 * ib));
+      sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(ls - 32)));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(acc);
+}
+
+// ---- i-quants and ternary formats x block_q8_K
+
+// ksigns_iq2xs expanded to 8 bytes of +1/-1 per 7-bit sign index, for _mm256_sign_epi8.
+struct SignTable {
+  uint64_t v[128];
+  SignTable() {
+    for (int i = 0; i < 128; ++i) {
+      uint64_t w = 0;
+      for (int j = 0; j < 8; ++j) w |= (uint64_t)((tables::ksigns_iq2xs[i] >> j) & 1 ? 0xFF : 0x01) << (8 * j);
+      v[i] = w;
+    }
+  }
+};
+const SignTable& sign_table() {
+  static const SignTable t;
+  return t;
+}
+
+float dot_iq2_xxs(int64_t n, const void* w, const void* a) {
+  const block_iq2_xxs* x = (const block_iq2_xxs*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const uint64_t* signs = sign_table().v;
+  const uint64_t* grid = tables::iq2xxs_grid;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const uint8_t* raw = (const uint8_t*)x[b].qs;
+    const int8_t* q8 = y[b].qs;
+    __m256i sumi = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib, q8 += 32) {
+      uint32_t aux;
+      std::memcpy(&aux, raw + 8 * ib + 4, 4);
+      const uint8_t* idx = raw + 8 * ib;
+      const __m256i q = _mm256_set_epi64x((long long)grid[idx[3]], (long long)grid[idx[2]], (long long)grid[idx[1]],
+                                          (long long)grid[idx[0]]);
+      const __m256i sg = _mm256_set_epi64x((long long)signs[(aux >> 21) & 127], (long long)signs[(aux >> 14) & 127],
+                                           (long long)signs[(aux >> 7) & 127], (long long)signs[aux & 127]);
+      const __m256i p = _mm256_maddubs_epi16(q, _mm256_sign_epi8(load256(q8), sg));
+      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1))));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(acc);
+}
+
+float dot_iq1_s(int64_t n, const void* w, const void* a) {
+  const block_iq1_s* x = (const block_iq1_s*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const uint64_t* grid = tables::iq1s_grid;
+  __m256 acc = _mm256_setzero_ps();
+  float s = 0.f;
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const uint8_t* qs = x[b].qs;
+    const int8_t* q8 = y[b].qs;
+    __m256i sumi = _mm256_setzero_si256();
+    int sumd = 0;
+    for (int ib = 0; ib < 8; ++ib, qs += 4, q8 += 32) {
+      uint16_t qh;
+      std::memcpy(&qh, &x[b].qh[ib], 2);
+      const __m256i q = _mm256_set_epi64x((long long)grid[qs[3] | ((qh >> 1) & 0x700)],
+                                          (long long)grid[qs[2] | ((qh << 2) & 0x700)],
+                                          (long long)grid[qs[1] | ((qh << 5) & 0x700)],
+                                          (long long)grid[qs[0] | ((qh << 8) & 0x700)]);
+      const int ls = 2 * ((qh >> 12) & 7) + 1;
+      const __m256i yv = load256(q8);
+      const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(yv, q));
+      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((short)ls)));
+      sumd += ls * (qh & 0x8000 ? -1 : 1) * (y[b].bsums[2 * ib] + y[b].bsums[2 * ib + 1]);
+    }
+    const float d = y[b].d * f16(x[b].d);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    s += 0.125f * d * (float)sumd;
+  }
+  return hsum(acc) + s;
+}
+
+// TQ1_0 trits: byte * 3^j (mod 256) by shifts and adds, then the trit is (q * 3) >> 8, taken for
+// even and odd bytes of each 16-bit lane with mulhi.
+struct Trits {
+  static __m256i times3(__m256i v) { return _mm256_add_epi8(v, _mm256_add_epi8(v, v)); }
+  static __m256i times9(__m256i v) {
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(v, 3), _mm256_set1_epi8((char)0xF8)), v);
+  }
+  static __m256i top(__m256i q) {
+    const __m256i three = _mm256_set1_epi16(3);
+    const __m256i even = _mm256_mulhi_epu16(_mm256_slli_epi16(q, 8), three);
+    const __m256i odd = _mm256_mulhi_epu16(_mm256_and_si256(q, _mm256_set1_epi16((short)0xFF00)), three);
+    return _mm256_or_si256(even, _mm256_slli_epi16(odd, 8));
+  }
+};
+
+float dot_tq1_0(int64_t n, const void* w, const void* a) {
+  const block_tq1_0* x = (const block_tq1_0*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  using Tr = Trits;
+  __m256 acc = _mm256_setzero_ps();
+  float tail = 0.f;
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const int8_t* q8 = y[b].qs;
+    // 32 bytes x 5 trits -> y[0..160); 16 bytes x 5 trits -> y[160..240) (two trits per 256-bit
+    // vector: the 16 bytes are duplicated into both halves and multiplied by 3^t and 3^(t+1)).
+    const __m256i v0 = load256(x[b].qs);
+    const __m256i m1 = Tr::times3(v0), m2 = Tr::times9(v0), m3 = Tr::times3(m2), m4 = Tr::times9(m2);
+    __m256i sumi = _mm256_setzero_si256();
+    sumi = dpbusd(sumi, Tr::top(v0), load256(q8));
+    sumi = dpbusd(sumi, Tr::top(m1), load256(q8 + 32));
+    sumi = dpbusd(sumi, Tr::top(m2), load256(q8 + 64));
+    sumi = dpbusd(sumi, Tr::top(m3), load256(q8 + 96));
+    sumi = dpbusd(sumi, Tr::top(m4), load256(q8 + 128));
+    const __m128i h = _mm_loadu_si128((const __m128i*)(x[b].qs + 32));
+    const __m256i hh = _mm256_set_m128i(h, h);
+    const __m256i p01 = _mm256_blend_epi32(hh, Tr::times3(hh), 0xF0);            // 3^0 | 3^1
+    const __m256i p23 = _mm256_blend_epi32(Tr::times9(hh), Tr::times9(Tr::times3(hh)), 0xF0);  // 3^2 | 3^3
+    const __m256i p4 = Tr::times9(Tr::times9(hh));                               // 3^4 (low half used)
+    sumi = dpbusd(sumi, Tr::top(p01), load256(q8 + 160));
+    sumi = dpbusd(sumi, Tr::top(p23), load256(q8 + 192));
+    const __m128i t4 = _mm256_castsi256_si128(Tr::top(p4));
+    const __m128i y4 = _mm_loadu_si128((const __m128i*)(q8 + 224));
+    const __m128i s4 = _mm_madd_epi16(_mm_maddubs_epi16(t4, y4), _mm_set1_epi16(1));
+    sumi = _mm256_add_epi32(sumi, _mm256_zextsi128_si256(s4));
+    // qh: 4 bytes x 4 trits -> y[240..256), scalar; then subtract sum(y) for the -1 offset.
+    int si = 0, ysum = 0;
+    static constexpr uint8_t pow3[4] = {1, 3, 9, 27};
+    for (int t = 0; t < 4; ++t)
+      for (int m = 0; m < 4; ++m) si += (int)(((uint16_t)(uint8_t)(x[b].qh[m] * pow3[t]) * 3) >> 8) * q8[240 + 4 * t + m];
+    for (int g = 0; g < 16; ++g) ysum += y[b].bsums[g];
+    const float d = y[b].d * f16(x[b].d);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    tail += d * (float)(si - ysum);
+  }
+  return hsum(acc) + tail;
+}
+
+VecDotTable make_x86_table() {
+  VecDotTable t;
+  auto set = [&](GgmlType ty, VecDotFn f) { t.fn[(int)ty] = f; };
+  set(GgmlType::F32, dot_f32);
+  set(GgmlType::F16, dot_half<load_f16x8, cvt_f16>);
+  set(GgmlType::BF16, dot_half<load_bf16x8, cvt_bf16>);
+  set(GgmlType::Q8_0, dot_q8_0);
+  set(GgmlType::Q4_0, dot_qx<block_q4_0, 8, false, false>);
+  set(GgmlType::Q4_1, dot_qx<block_q4_1, 0, true, false>);
+  set(GgmlType::Q5_0, dot_qx<block_q5_0, 16, false, true>);
+  set(GgmlType::Q5_1, dot_qx<block_q5_1, 0, true, true>);
+  set(GgmlType::IQ4_NL, dot_iq4_nl);
+  set(GgmlType::MXFP4, dot_mxfp4);
+  set(GgmlType::Q2_K, dot_q2_K);
+  set(GgmlType::Q3_K, dot_q3_K);
+  set(GgmlType::Q4_K, dot_qk_K<false>);
+  set(GgmlType::Q5_K, dot_qk_K<true>);
+  set(GgmlType::Q6_K, dot_q6_K);
+  set(GgmlType::IQ4_XS, dot_iq4_xs);
+  set(GgmlType::IQ2_XXS, dot_iq2_xxs);
+  set(GgmlType::IQ1_S, dot_iq1_s);
+  set(GgmlType::TQ1_0, dot_tq1_0);
+  return t;
+}
+
+}  // namespace
+}  // namespace kr

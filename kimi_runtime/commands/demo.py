@@ -1,0 +1,125 @@
+"""`kimi-runtime demo`: the README's run command. Generates a synthetic model once into a cache
+directory, loads it (with an expert cache holding a quarter of the experts when the engine has one),
+runs a short chat turn and prints the text, speed and cache statistics."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kimi_runtime.commands.run import engine_accepts, load_generator, print_speed, stream_events
+
+DEMO_PROMPT = "Hello! In two sentences, what are you?"
+CACHE_FRACTION = 0.25
+
+
+def cache_dir() -> Path:
+    """$KIMI_RUNTIME_CACHE, else ~/.cache/kimi-runtime."""
+    env = os.environ.get("KIMI_RUNTIME_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kimi-runtime"
+
+
+def synthetic_path(preset: str, seed: int) -> Path:
+    """One file per (preset, seed, generator version): a changed generator never reuses stale files."""
+    from kimi_runtime import __version__, synth
+
+    ver = getattr(synth, "SYNTH_VERSION", None) or getattr(synth, "__version__", None) or __version__
+    key = hashlib.sha256(f"{preset}|{seed}|{ver}".encode()).hexdigest()[:12]
+    return cache_dir() / "synthetic" / f"{preset}-{key}.gguf"
+
+
+def ensure_model(preset: str, seed: int, err: Any = None) -> Path:
+    """The cached synthetic model, generated (with a progress bar) on first use."""
+    from kimi_runtime import synth
+
+    err = err or sys.stderr
+    path = synthetic_path(preset, seed)
+    if path.exists():
+        print(f"using the cached synthetic model {path}", file=err)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"generating the {preset!r} synthetic model (once) into {path}", file=err, flush=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    t0 = time.perf_counter()
+    try:
+        synth.write_synthetic(preset, str(tmp), seed=seed, progress=True)
+        os.replace(tmp, path)  # atomic: an interrupted run leaves no half-written cache entry
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"generated in {time.perf_counter() - t0:.1f} s ({path.stat().st_size / 1e6:.1f} MB)", file=err)
+    return path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="generate a synthetic model once, then chat with it and show speed",
+                       description=__doc__)
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--preset", default="small", help="synthetic model size: tiny, small, medium")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights and sampling")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--no-cache", action="store_true", help="run without the expert cache")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(func=main)
+
+
+def _cache_kwargs(no_cache: bool, err: Any) -> dict[str, Any]:
+    if no_cache:
+        print("expert cache: off (--no-cache)", file=err)
+        return {}
+    if engine_accepts("cache_fraction"):
+        print(f"expert cache: on, {CACHE_FRACTION:.0%} of the experts", file=err)
+        return {"cache_fraction": CACHE_FRACTION}
+    print("expert cache: off (this engine has no expert cache option yet)", file=err)
+    return {}
+
+
+def print_cache_stats(stats: Any, err: Any) -> None:
+    """Totals over layers of whatever per-layer counters the engine reports."""
+    if not isinstance(stats, dict):
+        return
+    rows = stats.get("layers") or stats.get("per_layer") or stats.get("cache_layers")
+    if isinstance(rows, dict):
+        rows = list(rows.values())
+    if rows:
+        tot: dict[str, float] = {}
+        for r in rows:
+            for k, v in (r or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    tot[k] = tot.get(k, 0) + v
+        hits, misses = tot.get("hits", 0), tot.get("misses", 0)
+        rate = f", hit rate {hits / (hits + misses):.1%}" if hits + misses else ""
+        print(f"cache over {len(rows)} layers: " + ", ".join(f"{k} {v:g}" for k, v in tot.items()) + rate,
+              file=err)
+    scal = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if scal:
+        print("engine: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in scal.items()), file=err)
+
+
+def main(args: argparse.Namespace) -> int:
+    from kimi_runtime.text import SamplingParams
+
+    if args.max_tokens < 1:
+        raise ValueError("--max-tokens must be >= 1")
+    err = sys.stderr
+    path = ensure_model(args.preset, args.seed, err)
+    kw: dict[str, Any] = _cache_kwargs(args.no_cache, err)
+    if args.threads:
+        kw["threads"] = args.threads
+    gen = load_generator(str(path), err, **kw)
+    print("note: the synthetic model has random weights, so its text is gibberish; watch the numbers.",
+          file=err)
+    print(f"> {DEMO_PROMPT}", file=err, flush=True)
+    params = SamplingParams.from_preset("instant", seed=args.seed, max_tokens=args.max_tokens)
+    ids = gen.render_chat([{"role": "user", "content": DEMO_PROMPT}])
+    params.max_tokens = max(1, min(params.max_tokens, gen.n_ctx - len(ids)))
+    last, _ = stream_events(gen.generate(ids, params, extra_stops=gen.chat_stops), sys.stdout)
+    print_speed(last, err, getattr(args, "verbose", False))
+    stats = gen.engine.stats() if hasattr(gen.engine, "stats") else None
+    print_cache_stats(stats, err)
+    return 0

@@ -1,0 +1,140 @@
+"""QLinear: a linear layer over GGUF weight bytes. Float weights (F32/F16/BF16) become float32 tensors
+(zero-copy for F32); quantized ones stay as raw bytes and run through the project's kernels when they are
+built (kimi_runtime.kernels), else through gguf-py's exact dequantization and a float matmul."""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize as _gguf_dequantize
+
+FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+
+
+_OPTIONAL: dict[str, object] = {}
+
+
+def _optional(name: str):
+    """kimi_runtime.<name> (quant, kernels: native, built in parallel) or None when it cannot load
+    (absent, or an installed extension older than the Python side); checked once."""
+    if name not in _OPTIONAL:
+        try:
+            _OPTIONAL[name] = importlib.import_module(f"kimi_runtime.{name}")
+        except Exception:  # ImportError, or AttributeError from a stale _C
+            _OPTIONAL[name] = None
+    return _OPTIONAL[name]
+
+
+def kernels():
+    """kimi_runtime.kernels (quantized-activation integer kernels) or None: the fallback is exact
+    float math on dequantized weights. KR_KERNELS=0 forces the fallback."""
+    if os.environ.get("KR_KERNELS", "1") == "0":
+        return None
+    return _optional("kernels")
+
+
+def _dequantize(raw: np.ndarray, qtype: GGMLQuantizationType, n: int) -> np.ndarray:
+    """Native multithreaded dequantization (kimi_runtime.quant) where it exists, else gguf-py's
+    (both bit-identical); returns float32 [n]."""
+    quant = _optional("quant")
+    if quant is not None and quant.qtype_info(qtype).can_dequantize and raw.flags.c_contiguous:
+        return quant.dequantize(raw, qtype, (n,))
+    return _gguf_dequantize(raw, qtype).reshape(-1)
+
+
+def row_bytes(qtype: GGMLQuantizationType, cols: int) -> int:
+    """Bytes of one row of `cols` weights in `qtype`."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    if cols % block:
+        raise ValueError(f"{qtype.name}: row length {cols} is not a multiple of the block size {block}")
+    return cols // block * size
+
+
+def float_from_raw(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, ...]) -> torch.Tensor:
+    """Float32 tensor of `shape` from raw GGUF bytes; a zero-copy view when the type is F32."""
+    raw = np.asarray(raw).reshape(-1).view(np.uint8)
+    n = int(np.prod(shape))
+    if qtype == GGMLQuantizationType.F32:
+        arr = raw.view(np.float32)
+    elif qtype == GGMLQuantizationType.F16:
+        arr = raw.view(np.float16).astype(np.float32)
+    elif qtype == GGMLQuantizationType.BF16:
+        arr = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    else:
+        arr = _dequantize(raw, qtype, n)
+    if arr.size != n:
+        raise ValueError(f"{qtype.name}: {arr.size} values for shape {shape}")
+    if not arr.flags.writeable:  # a read-only mmap: torch warns, but these weights are never written
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(arr).view(shape)
+    return torch.from_numpy(arr).view(shape)
+
+
+class QLinear:
+    """y = x @ W.T for W [out_features, in_features] stored as GGUF bytes (or a float tensor)."""
+
+    def __init__(self, raw: Optional[np.ndarray], qtype: GGMLQuantizationType | int, out_features: int,
+                 in_features: int, *, weight: Optional[torch.Tensor] = None) -> None:
+        self.qtype = GGMLQuantizationType(qtype)
+        self.out_features = int(out_features)
+        self.in_features = int(in_features)
+        self.raw: Optional[np.ndarray] = None
+        self.weight: Optional[torch.Tensor] = None  # float32 [out, in] for float types
+        if weight is not None:
+            if tuple(weight.shape) != (self.out_features, self.in_features):
+                raise ValueError(f"weight shape {tuple(weight.shape)} != ({out_features}, {in_features})")
+            self.weight = weight.to(torch.float32)
+            return
+        if raw is None:
+            raise ValueError("QLinear needs raw bytes or a float weight")
+        raw = np.asarray(raw).reshape(-1).view(np.uint8)
+        need = self.out_features * row_bytes(self.qtype, self.in_features)
+        if raw.nbytes != need:
+            raise ValueError(f"{self.qtype.name} [{out_features}, {in_features}] needs {need} bytes, "
+                             f"got {raw.nbytes}")
+        if self.qtype in FLOAT_TYPES:
+            self.weight = float_from_raw(raw, self.qtype, (self.out_features, self.in_features))
+        else:
+            self.raw = raw
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> "QLinear":
+        """A float32 QLinear from a [out, in] tensor (the HF source)."""
+        return cls(None, GGMLQuantizationType.F32, w.shape[0], w.shape[1], weight=w)
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight is None
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.nbytes if self.raw is not None else self.weight.numel() * 4
+
+    def dense(self) -> torch.Tensor:
+        """The weight as float32 [out, in] (dequantized on each call when quantized)."""
+        if self.weight is not None:
+            return self.weight
+        return float_from_raw(self.raw, self.qtype, (self.out_features, self.in_features))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Selected rows as float32 [len(ids), in] (embedding lookup), dequantizing only those rows."""
+        if self.weight is not None:
+            return self.weight[ids]
+        rb = row_bytes(self.qtype, self.in_features)
+        blocks = self.raw.reshape(self.out_features, rb)[ids.numpy()]
+        return float_from_raw(blocks, self.qtype, (len(ids), self.in_features))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, in] float32 -> [T, out]."""
+        if self.weight is not None:
+            return x @ self.weight.T
+        k = kernels()
+        if k is not None:
+            return k.matmul(x.contiguous(), self.raw, self.qtype, self.out_features, self.in_features)
+        return x @ self.dense().T
