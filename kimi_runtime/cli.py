@@ -28,6 +28,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kimi-runtime ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except (KimiRuntimeError, OSError, ValueError) as e:
         if args.verbose:
             raise
