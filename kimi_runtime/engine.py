@@ -1,13 +1,17 @@
-"""Engine: wires a weight source, the DeepSeek-V3 model, an expert provider and the KV cache into
-whole-sequence logits and incremental prefill / decode, with simple timings."""
+"""Engine: wires a weight source, the DeepSeek-V3 model, an expert provider (direct, or the cached one
+with placement, scheduler and prefetch), routing traces and the KV cache into whole-sequence logits and
+incremental prefill / decode, with timings and per-layer expert statistics."""
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any, Optional, Sequence, Union
+import weakref
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
 from kimi_runtime.config import ModelConfig
+from kimi_runtime.experts.provider import CachedExpertProvider, ExpertSetup, build_expert_setup, expert_bytes_by_layer
 from kimi_runtime.model.attention import KVCache
 from kimi_runtime.model.deepseek import DeepseekV3
 from kimi_runtime.model.linear import kernels
@@ -21,13 +25,22 @@ class Engine:
     """attn: "auto" (naive for multi-token prefill, absorbed for decode), "naive" or "absorbed"."""
 
     def __init__(self, src: WeightSource, *, provider: Optional[ExpertProvider] = None,
-                 n_ctx: Optional[int] = None, threads: Optional[int] = None, attn: str = "auto") -> None:
+                 n_ctx: Optional[int] = None, threads: Optional[int] = None, attn: str = "auto",
+                 experts: Optional[ExpertSetup] = None, trace: Optional[str] = None) -> None:
         if attn not in ("auto", "naive", "absorbed"):
             raise ValueError(f"attn must be auto, naive or absorbed (got {attn!r})")
         self.src = src
-        self._set_threads(threads)
+        self._set_threads(src, threads)
+        self.experts = experts  # placement + cached provider (from_gguf), or None
+        if experts is not None and experts.provider is not None:
+            if provider is not None:
+                raise ValueError("give either a provider or expert cache options, not both")
+            provider = experts.provider
         self.model = DeepseekV3(src, provider)
         self.config: ModelConfig = src.config
+        self.trace_writer: Any = None
+        if trace is not None:
+            self._open_trace(str(trace))
         self.n_ctx = int(n_ctx or min(self.config.context_length, 4096))
         if self.n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive (got {self.n_ctx})")
@@ -35,11 +48,27 @@ class Engine:
         self.cache = KVCache(self.config, self.n_ctx)
         self._stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
 
-    def _set_threads(self, threads: Optional[int]) -> None:
+    def _open_trace(self, path: str) -> None:
+        """Record every MoE layer's routing (and the prefetcher's guesses) to `path`, written on close()
+        or, failing that, when the engine is collected / the interpreter exits."""
+        from kimi_runtime.experts.trace import DEFAULT_EXPERT_BYTES, TraceWriter  # noqa: PLC0415
+
+        cfg = self.config
+        eb = expert_bytes_by_layer(self.src) if isinstance(self.src, GGUFSource) else DEFAULT_EXPERT_BYTES
+        w = TraceWriter(path, n_layers=cfg.n_layer, n_experts=cfg.n_expert, top_k=cfg.n_expert_used,
+                        expert_bytes=eb, meta={"model": str(getattr(self.src, "path", ""))})
+        self.model.set_observer(w.observer)
+        if isinstance(self.provider, CachedExpertProvider):
+            self.provider.on_predict = w.predict
+        self.trace_writer = w
+        self._trace_finalizer = weakref.finalize(self, w.close)
+
+    @staticmethod
+    def _set_threads(src: WeightSource, threads: Optional[int]) -> None:
         """Quantized weights run on the native thread pool; torch's OpenMP pool spinning beside it on
         the same cores made prefill ~10x slower (2-core box), so torch gets one thread then."""
         k = kernels()
-        quantized = isinstance(self.src, GGUFSource) and self.src.quantized
+        quantized = isinstance(src, GGUFSource) and src.quantized
         if k is not None and quantized:
             if threads is not None:
                 k.set_num_threads(int(threads))
@@ -48,9 +77,39 @@ class Engine:
             torch.set_num_threads(int(threads))
 
     @classmethod
-    def from_gguf(cls, path: str, *, provider: Optional[ExpertProvider] = None, **kw: Any) -> "Engine":
-        """An engine over a GGUF file; weights stay in the mmapped file."""
-        return cls(GGUFSource(path), provider=provider, **kw)
+    def from_gguf(cls, path: str, *, provider: Optional[ExpertProvider] = None,
+                  cache_fraction: Optional[float] = None, cache_slots: Optional[int] = None,
+                  cache_policy: str = "lru", prefetch: bool = False, overrides: Sequence[str] = (),
+                  cpu_moe: bool = False, n_cpu_moe: int = 0, gpu_budget: Union[int, str, None] = None,
+                  ram_budget: Union[int, str, None] = None, trace: Optional[str] = None,
+                  miss_policy: str = "auto", admit: Union[bool, str] = "auto", cost_model: Any = None,
+                  report: Union[bool, Callable[[str], None]] = True, **kw: Any) -> "Engine":
+        """An engine over a GGUF file; weights stay in the mmapped file.
+
+        The expert cache is on when a size is given: `cache_slots` (slots), `cache_fraction` (of the
+        cacheable experts) or a `gpu_budget` / `ram_budget` (bytes or "24GiB"; auto-fit gives the rest
+        of the budget to slots). Without one the routed experts run straight from the file.
+        cache_policy: "lru" or "lfu"; prefetch: next-layer router guesses (needs a cache);
+        overrides: "REGEX=DEVICE" rules (cpu, gpu, cache), first match wins, with `cpu_moe` /
+        `n_cpu_moe` as shorthands: experts placed on "cpu" never enter the cache.
+        miss_policy: "auto" (measured cost model), "cpu" or "fetch"; admit: load CPU-computed misses
+        into slots in the background (True, False, or "auto": when the cost model says hits pay);
+        cost_model: a scheduler.CostModel instead of measuring one. trace: path of a routing trace
+        written on close(). report: True prints the placement to stderr, a callable gets each line.
+        """
+        src = GGUFSource(path)
+        cls._set_threads(src, kw.get("threads"))
+        n_ctx = kw.get("n_ctx") or min(src.config.context_length, 4096)
+        setup = build_expert_setup(
+            src, cache_fraction=cache_fraction, cache_slots=cache_slots, cache_policy=cache_policy,
+            prefetch=prefetch, overrides=overrides, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
+            gpu_budget=gpu_budget, ram_budget=ram_budget, miss_policy=miss_policy, admit=admit,
+            cost_model=cost_model, n_ctx=int(n_ctx))
+        if report:
+            emit = report if callable(report) else (lambda line: print(f"placement: {line}", file=sys.stderr))
+            for line in setup.lines:
+                emit(line)
+        return cls(src, provider=provider, experts=setup, trace=trace, **kw)
 
     @classmethod
     def from_hf(cls, path: str, *, split_kv_b: bool = False, **kw: Any) -> "Engine":
@@ -83,10 +142,22 @@ class Engine:
 
     @torch.inference_mode()
     def prefill(self, ids: Ids, all_logits: bool = False) -> torch.Tensor:
-        """Append `ids` to the context; logits of the last position [vocab] (or [T, vocab])."""
+        """Append `ids` to the context; logits of the last position [vocab] (or [T, vocab]).
+
+        Without all_logits the last token runs as a one-token step of its own: quantized kernels and
+        the two MLA paths round differently for a batch than for one token, and this keeps the
+        returned logits independent of how a prompt was split (a chat prefix served from the KV
+        cache, then its tail) so that seeded requests repeat exactly."""
         t = self._ids(ids)
         t0 = time.perf_counter()
-        out = self.model.forward(t, self.cache, absorbed=self._absorbed(t.numel()), all_logits=all_logits)
+        if all_logits or t.numel() == 1:
+            out = self.model.forward(t, self.cache, absorbed=self._absorbed(t.numel()), all_logits=all_logits)
+        else:
+            if self.cache.length + t.numel() > self.cache.n_ctx:  # fail before touching the cache
+                raise ValueError(f"context overflow: {self.cache.length} + {t.numel()} tokens > "
+                                 f"n_ctx {self.cache.n_ctx}")
+            self.model.forward(t[:-1], self.cache, absorbed=self._absorbed(t.numel() - 1), all_logits=False)
+            out = self.model.forward(t[-1:], self.cache, absorbed=self._absorbed(1), all_logits=False)
         self._stats["prefill_s"] += time.perf_counter() - t0
         self._stats["prefill_tokens"] += t.numel()
         return out if all_logits else out[0]
@@ -105,11 +176,43 @@ class Engine:
     def n_past(self) -> int:
         return self.cache.length
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n cached positions (chat prefix reuse); later ones are overwritten."""
+        n = int(n)
+        if not 0 <= n <= self.cache.length:
+            raise ValueError(f"truncate({n}): the cache holds {self.cache.length} positions")
+        self.cache.length = n
+
     def stats(self) -> dict[str, Any]:
-        """Token counts, seconds and tokens/s for prefill and decode, plus the KV cache size."""
+        """Token counts, seconds and tokens/s for prefill and decode, the KV cache size and, with the
+        expert cache, `layers` (per MoE layer: hits, misses, prefetch_hits, bytes_loaded, evictions,
+        stall_seconds, cpu_misses, fetched, ...) with totals, hit_rate and the prefetcher's accuracy."""
         s: dict[str, Any] = dict(self._stats)
         for k in ("prefill", "decode"):
             s[f"{k}_tok_s"] = s[f"{k}_tokens"] / s[f"{k}_s"] if s[f"{k}_s"] > 0 else 0.0
         s["n_past"] = self.cache.length
         s["kv_cache_bytes"] = self.cache.nbytes
+        if self.experts is not None:
+            s.update(self.experts.stats())
         return s
+
+    def reset_stats(self) -> None:
+        """Zero the timings and the expert counters (the cache contents stay)."""
+        self._stats = {k: type(v)() for k, v in self._stats.items()}
+        if self.experts is not None:
+            self.experts.reset_stats()
+
+    def close(self) -> None:
+        """Write the routing trace (if any); the engine stays usable, tracing stops."""
+        if self.trace_writer is not None:
+            self.model.set_observer(None)
+            if isinstance(self.provider, CachedExpertProvider):
+                self.provider.on_predict = None
+            self.trace_writer.close()
+            self.trace_writer = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -228,7 +228,9 @@ def moe_ffn(
     is_torch = type(x).__module__.startswith("torch")
     n_embd = int(x.shape[-1])
     xa, _ = _as_f32_2d(x, n_embd)
-    to_np = (lambda a: a.detach().cpu().numpy()) if is_torch else np.asarray
+    def to_np(a: Any) -> np.ndarray:
+        return a.detach().cpu().numpy() if type(a).__module__.startswith("torch") else np.asarray(a)
+
     sel_a = np.ascontiguousarray(to_np(sel), dtype=np.int32)
     w_a = np.ascontiguousarray(to_np(w), dtype=np.float32)
     if sel_a.ndim != 2 or sel_a.shape != w_a.shape or sel_a.shape[0] != xa.shape[0]:

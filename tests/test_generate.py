@@ -352,19 +352,17 @@ def test_real_context_limits(real_gen):
         real_gen.generate([real_gen.tokenizer.n_vocab + 5], SamplingParams.greedy(max_tokens=2))
 
 
-class _TruncatingEngine:
-    """TEST DOUBLE around the real Engine adding truncate(n), the seam prefix reuse uses to keep the
-    longest common prefix (rewinding the latent KV cache's length)."""
+class _NoTruncateEngine:
+    """TEST DOUBLE around the real Engine hiding truncate(n), to check the generator still works
+    (re-prefilling everything) with an engine that cannot rewind its KV cache."""
 
     def __init__(self, engine):
         self._e = engine
 
     def __getattr__(self, name):
+        if name == "truncate":
+            raise AttributeError(name)
         return getattr(self._e, name)
-
-    def truncate(self, n: int) -> None:
-        assert 0 <= n <= self._e.n_past
-        self._e.cache.length = n
 
 
 @pytest.mark.parametrize("truncating", [False, True])
@@ -375,7 +373,7 @@ def test_real_multi_turn_reuses_the_cached_prefix(tiny_gguf, truncating):
     fresh = Generator.from_gguf(tiny_gguf)
     fresh.reuse_prefix = False
     own = Generator.from_gguf(tiny_gguf)  # its own engine: nothing shared with `fresh`
-    reuse = Generator(_TruncatingEngine(own.engine) if truncating else own.engine,
+    reuse = Generator(own.engine if truncating else _NoTruncateEngine(own.engine),
                       own.tokenizer, own.template)
     p = SamplingParams.greedy(max_tokens=5)
     msgs = [{"role": "user", "content": "first question"}]

@@ -10,6 +10,7 @@ const CpuFeatures& cpu_features() {
     c.avx2 = __builtin_cpu_supports("avx2");
     c.fma = __builtin_cpu_supports("fma");
     c.f16c = __builtin_cpu_supports("f16c");
+    c.bmi2 = __builtin_cpu_supports("bmi2");
     c.avx512f = __builtin_cpu_supports("avx512f");
     c.avx512bw = __builtin_cpu_supports("avx512bw");
     c.avx512vl = __builtin_cpu_supports("avx512vl");

@@ -5,9 +5,9 @@
 namespace kr {
 
 struct CpuFeatures {
-  bool avx2 = false, fma = false, f16c = false;
+  bool avx2 = false, fma = false, f16c = false, bmi2 = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
-  bool has_avx2() const { return avx2 && fma && f16c; }
+  bool has_avx2() const { return avx2 && fma && f16c && bmi2; }  // the _avx2 files build with -mbmi2
   bool has_avx512() const { return has_avx2() && avx512f && avx512bw && avx512vl; }
 };
 

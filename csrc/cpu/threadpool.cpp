@@ -13,6 +13,8 @@
 namespace kr {
 namespace {
 
+thread_local bool t_in_task = false;  // set while a thread runs pool tasks
+
 class Pool {
  public:
   ~Pool() { stop(); }
@@ -36,9 +38,15 @@ class Pool {
 
   void run(size_t n_tasks, const std::function<void(size_t, int)>& fn) {
     if (n_tasks == 0) return;
+    if (t_in_task) {  // nested call: the pool is busy with our caller's job
+      for (size_t i = 0; i < n_tasks; ++i) fn(i, 0);
+      return;
+    }
     if (!started_.load(std::memory_order_acquire)) resize(0);  // lazily start at the default size
     std::lock_guard<std::mutex> g(call_mu_);
     if (workers_.empty() || n_tasks == 1) {
+      t_in_task = true;
+      struct Reset { ~Reset() { t_in_task = false; } } reset;
       for (size_t i = 0; i < n_tasks; ++i) fn(i, 0);
       return;
     }
@@ -60,6 +68,8 @@ class Pool {
 
  private:
   void drain(int thread) {
+    t_in_task = true;
+    struct Reset { ~Reset() { t_in_task = false; } } reset;
     for (;;) {
       size_t i = next_.fetch_add(1, std::memory_order_relaxed);
       if (i >= n_tasks_) break;

@@ -7,8 +7,9 @@
 namespace kr {
 
 // Runs fn(task, thread) for task in [0, n_tasks); the calling thread takes part as thread 0.
-// Tasks are handed out dynamically, so uneven tasks balance. Calls are serialised: the pool is
-// used by one caller at a time (the Python side holds the GIL-released call until it returns).
+// Tasks are handed out dynamically, so uneven tasks balance. Calls from different threads are
+// serialised; a call made from inside a task runs its tasks inline on that thread (no deadlock, no
+// oversubscription), so kernels may call other kernels.
 void parallel_for(size_t n_tasks, const std::function<void(size_t task, int thread)>& fn);
 
 int num_threads();                 // threads a parallel_for may use, caller included

@@ -72,8 +72,11 @@ def _cache_kwargs(no_cache: bool, err: Any) -> dict[str, Any]:
         print("expert cache: off (--no-cache)", file=err)
         return {}
     if engine_accepts("cache_fraction"):
-        print(f"expert cache: on, {CACHE_FRACTION:.0%} of the experts", file=err)
-        return {"cache_fraction": CACHE_FRACTION}
+        # On a CPU-only machine a slot is no faster than the page-cached file, so the cost model
+        # alone would leave the cache empty; admitting misses and prefetching shows it at work.
+        print(f"expert cache: on, {CACHE_FRACTION:.0%} of the experts, misses admitted in the "
+              f"background, next-layer prefetch on", file=err)
+        return {"cache_fraction": CACHE_FRACTION, "admit": True, "prefetch": True}
     print("expert cache: off (this engine has no expert cache option yet)", file=err)
     return {}
 
@@ -89,7 +92,7 @@ def print_cache_stats(stats: Any, err: Any) -> None:
         tot: dict[str, float] = {}
         for r in rows:
             for k, v in (r or {}).items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if k != "layer" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     tot[k] = tot.get(k, 0) + v
         hits, misses = tot.get("hits", 0), tot.get("misses", 0)
         rate = f", hit rate {hits / (hits + misses):.1%}" if hits + misses else ""

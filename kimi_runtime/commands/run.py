@@ -19,6 +19,29 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     # Also accepted after the subcommand; SUPPRESS keeps the top-level flag's value otherwise.
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="timing breakdown and tracebacks")
+    add_placement_args(p)
+
+
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("placement and expert cache")
+    g.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="REGEX=DEVICE",
+                   help="place matching tensors on cpu|gpu|cache; first match wins (repeatable)")
+    g.add_argument("--cpu-moe", action="store_true", help="all routed experts computed on the CPU")
+    g.add_argument("--n-cpu-moe", type=int, default=0, metavar="N",
+                   help="routed experts of the first N layers computed on the CPU")
+    g.add_argument("--cache-fraction", type=float, default=None, metavar="F",
+                   help="expert cache holding this fraction of the routed experts (0..1]")
+    g.add_argument("--cache-slots", type=int, default=None, metavar="N", help="expert cache of N slots")
+    g.add_argument("--gpu-budget", default=None, help="device memory budget, e.g. 24GiB (auto-fit)")
+    g.add_argument("--ram-budget", default=None, help="host memory budget, e.g. 256GiB (auto-fit)")
+    g.add_argument("--cache-policy", choices=("lru", "lfu"), default="lru")
+    g.add_argument("--prefetch", action="store_true",
+                   help="prefetch layer l+1's experts guessed by its router on layer l's hidden state")
+    g.add_argument("--miss-policy", choices=("auto", "cpu", "fetch"), default="auto",
+                   help="serve a cache miss on the CPU from the file, by fetching into a slot, or by "
+                        "the cost model measured at start-up (auto)")
+    g.add_argument("--trace", default=None, metavar="FILE",
+                   help="record per step and layer the token positions, expert ids and weights")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +79,19 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["n_ctx"] = args.ctx_size
     if getattr(args, "threads", None):
         kw["threads"] = args.threads
+    for name in ("cache_fraction", "cache_slots", "gpu_budget", "ram_budget", "trace"):
+        if getattr(args, name, None) is not None:
+            kw[name] = getattr(args, name)
+    if getattr(args, "override_tensor", None):
+        kw["overrides"] = list(args.override_tensor)
+    for name in ("cpu_moe", "prefetch"):
+        if getattr(args, name, False):
+            kw[name] = True
+    if getattr(args, "n_cpu_moe", 0):
+        kw["n_cpu_moe"] = args.n_cpu_moe
+    if hasattr(args, "cache_policy"):
+        kw["cache_policy"] = args.cache_policy
+        kw["miss_policy"] = args.miss_policy
     return kw
 
 
@@ -75,6 +111,9 @@ def load_generator(path: str, err: Optional[TextIO] = None, **kw: Any) -> Any:
     err = err or sys.stderr
     print(f"loading {path} ...", end="", file=err, flush=True)
     t0 = time.perf_counter()
+    lines: list[str] = []  # the placement report, printed after the one-line progress message
+    if engine_accepts("report"):
+        kw["report"] = lines.append
     try:
         gen = Generator.from_gguf(path, **kw)
     except BaseException:
@@ -83,6 +122,8 @@ def load_generator(path: str, err: Optional[TextIO] = None, **kw: Any) -> Any:
     cfg = gen.engine.config
     print(f" done in {time.perf_counter() - t0:.2f} s ({cfg.n_layer} layers, {cfg.n_expert} experts, "
           f"vocab {cfg.n_vocab}, context {gen.n_ctx})", file=err, flush=True)
+    for line in lines:
+        print(f"placement: {line}", file=err)
     return gen
 
 
@@ -160,4 +201,7 @@ def main(args: argparse.Namespace) -> int:
     events = gen.generate(ids, params, extra_stops=gen.chat_stops if args.chat else [])
     last, _ = stream_events(events, sys.stdout, not args.hide_thinking)
     print_speed(last, sys.stderr, args.verbose, gen.engine)
+    if args.trace:
+        gen.engine.close()  # writes the routing trace
+        print(f"routing trace written to {args.trace}", file=sys.stderr)
     return 0

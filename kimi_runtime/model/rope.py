@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -52,15 +53,20 @@ def yarn_params(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
 
 
 class Rope:
-    """Applies rope at absolute positions; the table is recomputed per call (it is T x 32 values)."""
+    """Applies rope at absolute positions. The table (T x R/2 values) is computed once per positions
+    tensor: every layer of a forward pass gets the same one, so the other layers reuse it."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.inv_freq, self.magnitude = yarn_params(cfg)  # [R/2]
+        self._pos: Optional[torch.Tensor] = None  # held, so its id cannot be reused by a new tensor
+        self._cs: tuple[torch.Tensor, torch.Tensor] = (self.inv_freq, self.inv_freq)
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [T] int -> cos, sin [T, R/2]."""
-        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [T, R/2]
-        return freqs.cos() * self.magnitude, freqs.sin() * self.magnitude
+        if positions is not self._pos:
+            freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [T, R/2]
+            self._pos, self._cs = positions, (freqs.cos() * self.magnitude, freqs.sin() * self.magnitude)
+        return self._cs
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,15 @@ class WeightSource:
             raise GGUFError(f"{self.path}: {name} has shape {got}, expected {tuple(shape)}")
         return t.to(torch.float32) if t is not None else float_from_raw(raw, qt, tuple(shape))
 
+    def quantized_tensor(self, name: str) -> Optional[tuple[np.ndarray, GGMLQuantizationType, tuple[int, ...]]]:
+        """(raw bytes, type, numpy-order shape) of a block-quantized tensor, else None (float or absent)."""
+        if not self.has(name):
+            return None
+        raw, qt, shape, t = self._raw(name)
+        if t is not None or raw is None or qt in FLOAT_TYPES:
+            return None
+        return raw, qt, shape
+
     def expert(self, layer: int, expert: int, kind: str) -> QLinear:
         """One routed expert's projection ("gate" / "up": [n_ff_exp, n_embd], "down": the reverse)."""
         raise NotImplementedError

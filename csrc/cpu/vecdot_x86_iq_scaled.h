@@ -1,0 +1,226 @@
+// x86 SIMD dot kernels for the grid i-quants with per-16/32 sub-block scales (IQ2_XS, IQ2_S, IQ3_S,
+// IQ1_M), plus the table of every x86 kernel; same compile-twice scheme as vecdot_x86.h (include only
+// from vecdot_avx2.cpp / vecdot_avx512.cpp).
+#pragma once
+#include "cpu/vecdot_x86_iq.h"
+
+namespace kr {
+namespace {
+
+// 32 explicit sign bits (bit e = negate weight e) -> bytes of +1 / -1 for _mm256_sign_epi8.
+inline __m256i sign_bits32(uint32_t bits) {
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bitmask = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf), bitmask);
+  return _mm256_or_si256(_mm256_cmpeq_epi8(v, bitmask), _mm256_set1_epi8(1));
+}
+
+// scale_pair_shuffle(k) as constants in memory: a loop that GCC does not unroll would otherwise build
+// the shuffle vector at run time on every iteration.
+struct PairShuffles {
+  alignas(32) int8_t v[4][32];
+  PairShuffles() {
+    for (int k = 0; k < 4; ++k)
+      for (int j = 0; j < 32; ++j) v[k][j] = (int8_t)(4 * k + 2 * (j / 16) + (j & 1));
+  }
+};
+const PairShuffles kPairShuf;
+inline __m256i pair_shuffle(int k) { return _mm256_load_si256((const __m256i*)kPairShuf.v[k]); }
+
+inline __m256i rows4(uint64_t r0, uint64_t r1, uint64_t r2, uint64_t r3) {
+  return _mm256_set_epi64x((long long)r3, (long long)r2, (long long)r1, (long long)r0);
+}
+
+// 16 4-bit scales (two per byte, low nibble first) -> int16 2*s+1, ordered, as two registers holding
+// scales 0-7 and 8-15 in both 128-bit halves (for pair_shuffle).
+inline void nibble_scales16(const uint8_t* s8, __m256i out[2]) {
+  const __m128i b = _mm_loadl_epi64((const __m128i*)s8);
+  const __m128i nib = _mm_and_si128(_mm_unpacklo_epi8(b, _mm_srli_epi16(b, 4)), _mm_set1_epi8(15));
+  const __m256i s = _mm256_or_si256(_mm256_slli_epi16(_mm256_cvtepu8_epi16(nib), 1), _mm256_set1_epi16(1));
+  const __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
+  out[0] = _mm256_set_m128i(lo, lo);
+  out[1] = _mm256_set_m128i(hi, hi);
+}
+
+// Grid bytes (non-negative) x activations with the weight signs moved onto y; scaled per 16.
+inline __m256i grid_dot(__m256i grid, __m256i sgn, const int8_t* q8, __m256i scale16) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(grid, _mm256_sign_epi8(load256(q8), sgn)), scale16);
+}
+
+float dot_iq2_xs(int64_t n, const void* w, const void* a) {
+  const block_iq2_xs* x = (const block_iq2_xs*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const uint64_t* signs = sign_table().v;
+  const uint64_t* grid = tables::iq2xs_grid;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    uint16_t qs[32];
+    std::memcpy(qs, x[b].qs, 64);
+    __m256i sc[2];
+    nibble_scales16(x[b].scales, sc);
+    const int8_t* q8 = y[b].qs;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int ib = 0; ib < 8; ib += 2, q8 += 64) {
+      const uint16_t* q = qs + 4 * ib;
+      const __m256i g0 = rows4(grid[q[0] & 511], grid[q[1] & 511], grid[q[2] & 511], grid[q[3] & 511]);
+      const __m256i g1 = rows4(grid[q[4] & 511], grid[q[5] & 511], grid[q[6] & 511], grid[q[7] & 511]);
+      const __m256i z0 = rows4(signs[q[0] >> 9], signs[q[1] >> 9], signs[q[2] >> 9], signs[q[3] >> 9]);
+      const __m256i z1 = rows4(signs[q[4] >> 9], signs[q[5] >> 9], signs[q[6] >> 9], signs[q[7] >> 9]);
+      const __m256i& scv = sc[ib / 4];
+      s0 = _mm256_add_epi32(s0, grid_dot(g0, z0, q8, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4))));
+      s1 = _mm256_add_epi32(s1, grid_dot(g1, z1, q8 + 32, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4 + 1))));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)),
+                          acc);
+  }
+  return hsum(acc);
+}
+
+float dot_iq2_s(int64_t n, const void* w, const void* a) {
+  const block_iq2_s* x = (const block_iq2_s*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const uint64_t* grid = tables::iq2s_grid;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const uint8_t* qs = x[b].qs;
+    const uint8_t* qh = x[b].qh;
+    uint32_t sg[8];
+    std::memcpy(sg, x[b].qs + QK_K / 8, 32);
+    __m256i sc[2];
+    nibble_scales16(x[b].scales, sc);
+    const int8_t* q8 = y[b].qs;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int ib = 0; ib < 8; ib += 2, q8 += 64, qs += 8) {
+      const uint32_t h0 = (uint32_t)qh[ib] << 8, h1 = (uint32_t)qh[ib + 1] << 8;
+      const __m256i g0 = rows4(grid[qs[0] | (h0 & 0x300)], grid[qs[1] | ((h0 >> 2) & 0x300)],
+                               grid[qs[2] | ((h0 >> 4) & 0x300)], grid[qs[3] | ((h0 >> 6) & 0x300)]);
+      const __m256i g1 = rows4(grid[qs[4] | (h1 & 0x300)], grid[qs[5] | ((h1 >> 2) & 0x300)],
+                               grid[qs[6] | ((h1 >> 4) & 0x300)], grid[qs[7] | ((h1 >> 6) & 0x300)]);
+      const __m256i& scv = sc[ib / 4];
+      s0 = _mm256_add_epi32(
+          s0, grid_dot(g0, sign_bits32(sg[ib]), q8, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4))));
+      s1 = _mm256_add_epi32(
+          s1, grid_dot(g1, sign_bits32(sg[ib + 1]), q8 + 32, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4 + 1))));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)),
+                          acc);
+  }
+  return hsum(acc);
+}
+
+float dot_iq3_s(int64_t n, const void* w, const void* a) {
+  const block_iq3_s* x = (const block_iq3_s*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const uint32_t* grid = tables::iq3s_grid;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const uint8_t* qs = x[b].qs;
+    uint32_t sg[8];
+    std::memcpy(sg, x[b].signs, 32);
+    const int8_t* q8 = y[b].qs;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int ib = 0; ib < 8; ib += 2, q8 += 64, qs += 16) {
+      __m256i g[2];
+      for (int k = 0; k < 2; ++k) {
+        const uint32_t h = (uint32_t)x[b].qh[ib + k] << 8;
+        const uint8_t* q = qs + 8 * k;
+        g[k] = _mm256_set_epi32((int)grid[q[7] | ((h >> 7) & 256)], (int)grid[q[6] | ((h >> 6) & 256)],
+                                (int)grid[q[5] | ((h >> 5) & 256)], (int)grid[q[4] | ((h >> 4) & 256)],
+                                (int)grid[q[3] | ((h >> 3) & 256)], (int)grid[q[2] | ((h >> 2) & 256)],
+                                (int)grid[q[1] | ((h >> 1) & 256)], (int)grid[q[0] | (h & 256)]);
+      }
+      const uint8_t sb = x[b].scales[ib / 2];
+      const __m256i ls0 = _mm256_set1_epi16((short)(2 * (sb & 15) + 1)), ls1 = _mm256_set1_epi16((short)(2 * (sb >> 4) + 1));
+      s0 = _mm256_add_epi32(s0, grid_dot(g[0], sign_bits32(sg[ib]), q8, ls0));
+      s1 = _mm256_add_epi32(s1, grid_dot(g[1], sign_bits32(sg[ib + 1]), q8 + 32, ls1));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc);
+  }
+  return hsum(acc);
+}
+
+// IQ1_M: each weight becomes the int8 8*g + 8*delta (g in {-1,0,1}, 8*delta = +-1 per 8 weights),
+// dotted with y through the sign trick, then scaled by 2*s+1 per 16 weights; units of 1/8.
+float dot_iq1_m(int64_t n, const void* w, const void* a) {
+  const block_iq1_m* x = (const block_iq1_m*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  const uint64_t* grid = tables::iq1s_grid;
+  const __m256i eight = _mm256_set1_epi8(8), one = _mm256_set1_epi8(1);
+  // Delta sign bits: group k of 8 (k = 0..3 in 32 weights) is bit 3 (k even) / 7 (k odd) of qh byte k/2.
+  const __m256i dshuf = _mm256_set_epi64x(0x0101010101010101, 0x0101010101010101, 0, 0);
+  const __m256i dmask = _mm256_set_epi64x((long long)0x8080808080808080ULL, 0x0808080808080808,
+                                          (long long)0x8080808080808080ULL, 0x0808080808080808);
+  // Scale words duplicated (w0 w0 w1 w1 ...) so that 32-bit lane j holds word j/2; its scales 2j, 2j+1
+  // sit at bit 6*(j%2) and 3 above.
+  const __m128i wshuf = _mm_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    uint16_t sc[4];
+    std::memcpy(sc, x[b].scales, 8);
+    const uint16_t dbits = (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) |
+                                      (sc[3] & 0xF000));
+    // int16 lanes 0..15 = 2*s_g+1 for the 16 groups of 16 weights.
+    const __m128i w4 = _mm_loadl_epi64((const __m128i*)x[b].scales);
+    __m256i v = _mm256_cvtepu16_epi32(_mm_shuffle_epi8(w4, wshuf));
+    v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 6, 0, 6, 0, 6, 0, 6));
+    v = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(7)), _mm256_and_si256(_mm256_slli_epi32(v, 13), _mm256_set1_epi32(7 << 16)));
+    v = _mm256_or_si256(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1));
+    const __m128i vlo = _mm256_castsi256_si128(v), vhi = _mm256_extracti128_si256(v, 1);
+    const __m256i scs[2] = {_mm256_set_m128i(vlo, vlo), _mm256_set_m128i(vhi, vhi)};
+    const uint8_t* qs = x[b].qs;
+    const uint8_t* qh = x[b].qh;
+    const int8_t* q8 = y[b].qs;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int ib = 0; ib < 8; ++ib, qs += 4, qh += 2, q8 += 32) {
+      const uint32_t h = (uint32_t)qh[0] | ((uint32_t)qh[1] << 16);  // nibbles at bits 0, 4, 16, 20
+      const __m256i g = rows4(grid[qs[0] | ((h << 8) & 0x700)], grid[qs[1] | ((h << 4) & 0x700)],
+                              grid[qs[2] | ((h >> 8) & 0x700)], grid[qs[3] | ((h >> 12) & 0x700)]);
+      uint16_t hh;
+      std::memcpy(&hh, qh, 2);
+      const __m256i dm = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi16((short)hh), dshuf), dmask);
+      const __m256i delta = _mm256_or_si256(_mm256_cmpeq_epi8(dm, dmask), one);
+      const __m256i wq = _mm256_add_epi8(_mm256_sign_epi8(eight, g), delta);
+      const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(load256(q8), wq));
+      const __m256i scl = _mm256_shuffle_epi8(scs[ib / 4], pair_shuffle(ib % 4));
+      if (ib & 1) s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p, scl));
+      else s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p, scl));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * _cvtsh_ss(dbits)),
+                          _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc);
+  }
+  return hsum(acc);
+}
+
+VecDotTable make_x86_table() {
+  VecDotTable t;
+  auto set = [&](GgmlType ty, VecDotFn f) { t.fn[(int)ty] = f; };
+  set(GgmlType::F32, dot_f32);
+  set(GgmlType::F16, dot_half<load_f16x8, cvt_f16>);
+  set(GgmlType::BF16, dot_half<load_bf16x8, cvt_bf16>);
+  set(GgmlType::Q8_0, dot_q8_0);
+  set(GgmlType::Q4_0, dot_qx<block_q4_0, 8, false, false>);
+  set(GgmlType::Q4_1, dot_qx<block_q4_1, 0, true, false>);
+  set(GgmlType::Q5_0, dot_qx<block_q5_0, 16, false, true>);
+  set(GgmlType::Q5_1, dot_qx<block_q5_1, 0, true, true>);
+  set(GgmlType::IQ4_NL, dot_iq4_nl);
+  set(GgmlType::MXFP4, dot_mxfp4);
+  set(GgmlType::Q2_K, dot_q2_K);
+  set(GgmlType::Q3_K, dot_q3_K);
+  set(GgmlType::Q4_K, dot_qk_K<false>);
+  set(GgmlType::Q5_K, dot_qk_K<true>);
+  set(GgmlType::Q6_K, dot_q6_K);
+  set(GgmlType::IQ4_XS, dot_iq4_xs);
+  set(GgmlType::IQ2_XXS, dot_iq2_xxs);
+  set(GgmlType::IQ1_S, dot_iq1_s);
+  set(GgmlType::TQ1_0, dot_tq1_0);
+  set(GgmlType::TQ2_0, dot_tq2_0);
+  set(GgmlType::IQ3_XXS, dot_iq3_xxs);
+  set(GgmlType::IQ2_XS, dot_iq2_xs);
+  set(GgmlType::IQ2_S, dot_iq2_s);
+  set(GgmlType::IQ3_S, dot_iq3_s);
+  set(GgmlType::IQ1_M, dot_iq1_m);
+  return t;
+}
+
+}  // namespace
+}  // namespace kr
