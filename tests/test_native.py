@@ -24,3 +24,25 @@ def test_cuda_module_optional():
     if _native.C_cuda is not None:
         assert _native.C_cuda.device_count() >= 0
     assert isinstance(_native.cuda_available(), bool)
+
+
+def test_thread_pool_many_small_jobs_are_deterministic():
+    """Back-to-back tiny jobs (as decode issues) with the pool resized in between: every result equals
+    the first, so no task is lost, run twice, or taken by a late worker from the next job."""
+    import numpy as np
+
+    from kimi_runtime import kernels, quant
+
+    rng = np.random.default_rng(0)
+    rows, cols = 67, 2048  # > 64 KiB of weights, so each call is split into several tasks
+    w = quant.quantize(rng.standard_normal((rows, cols)).astype(np.float32), "Q8_0")
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    old = _native.C.num_threads()
+    try:
+        ref = kernels.gemm(w, "Q8_0", rows, cols, x)
+        for n in (2, 3, 1, 2):
+            _native.C.set_num_threads(n)
+            for _ in range(300):
+                assert np.array_equal(kernels.gemm(w, "Q8_0", rows, cols, x), ref)
+    finally:
+        _native.C.set_num_threads(old)

@@ -146,7 +146,7 @@ class MLAttention:
                start: int) -> torch.Tensor:
         """Expand keys and values of every cached position through kv_b (prefill). Returns [T, H, V]."""
         cfg = self.cfg
-        H, N, R, C = cfg.n_head, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
+        H, R, C = cfg.n_head, cfg.qk_rope_head_dim, cfg.kv_lora_rank
         T, S = q_nope.shape[0], kv_all.shape[0]
         lat_all = kv_all[:, :C]  # [S, C]
         k_nope = torch.matmul(lat_all, self.w_kb)  # [H, S, N]

@@ -1,6 +1,7 @@
 """QLinear: a linear layer over GGUF weight bytes. Float weights (F32/F16/BF16) become float32 tensors
 (zero-copy for F32); quantized ones stay as raw bytes and run through the project's kernels when they are
-built (kimi_runtime.kernels), else through gguf-py's exact dequantization and a float matmul."""
+built (kimi_runtime.kernels), else through gguf-py's exact dequantization and a float matmul.
+HeadLinear: per-head small matrices (MLA's k_b / v_b) through the same kernels."""
 from __future__ import annotations
 
 import importlib

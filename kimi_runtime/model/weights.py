@@ -106,6 +106,10 @@ class GGUFSource(WeightSource):
     def has(self, name: str) -> bool:
         return name in self._t
 
+    def tensor_table(self) -> dict[str, tuple[GGMLQuantizationType, tuple[int, ...], int]]:
+        """name -> (type, numpy-order shape, bytes) of every tensor in the file."""
+        return {name: (qt, shape, raw.nbytes) for name, (qt, shape, raw) in self._t.items()}
+
     @property
     def quantized(self) -> bool:
         """True when any tensor is stored in a block-quantized (non-float) type."""
