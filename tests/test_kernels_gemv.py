@@ -30,9 +30,11 @@ F16_FIELDS = {
 FORMATS = [T.F32, T.F16, T.BF16] + list(F16_FIELDS) + [T.IQ1_M, T.MXFP4]
 Q8A32 = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4}
 # Formats that must have an integer kernel (the rest may use dequant + f32 dot).
-INT8 = Q8A32 | {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.IQ1_S, T.IQ2_XXS}
+INT8 = Q8A32 | {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.IQ1_S, T.IQ2_XXS, T.IQ3_XXS,
+               T.IQ1_M, T.IQ2_XS, T.IQ2_S, T.IQ3_S}
 # SIMD kernels this build must provide (priority formats of Kimi dynamic quants).
-SIMD = {T.Q8_0, T.Q4_K, T.Q2_K, T.Q6_K, T.Q3_K, T.Q5_K, T.IQ4_XS, T.IQ1_S, T.TQ1_0, T.IQ2_XXS, T.F32, T.F16, T.BF16}
+SIMD = {T.Q8_0, T.Q4_K, T.Q2_K, T.Q6_K, T.Q3_K, T.Q5_K, T.IQ4_XS, T.IQ1_S, T.TQ1_0, T.TQ2_0, T.IQ2_XXS, T.IQ3_XXS, T.F32, T.F16, T.BF16,
+        T.IQ1_M, T.IQ2_XS, T.IQ2_S, T.IQ3_S}
 ISAS = [i for i in ("scalar", "avx2", "avx512") if ["scalar", "avx2", "avx512"].index(i)
         <= ["scalar", "avx2", "avx512"].index(kernels.best_isa())]
 # (rows, blocks per row, n): rows 1/3/17/129, one block and many, n = 1, 2, 5, 32.
@@ -205,3 +207,12 @@ def test_bad_arguments_raise_value_error() -> None:
         C.gemm(raw[:10], int(T.Q4_K), 2, 256, x, np.zeros((1, 2), np.float32))
     with pytest.raises(ValueError):
         C.gemm(raw, int(T.Q4_K), 2, 256, x, np.zeros((1, 3), np.float32))
+
+
+def test_membw_probe() -> None:
+    from kimi_runtime._native import C
+
+    gbs = C.membw_read_gbs(8 << 20, 2)
+    assert np.isfinite(gbs) and 0.1 < gbs < 10_000  # GB/s; any real machine falls in this range
+    with pytest.raises(ValueError):
+        C.membw_read_gbs(1000, 1)

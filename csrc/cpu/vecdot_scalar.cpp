@@ -387,6 +387,147 @@ float dot_iq1_s(int64_t n, const void* w, const void* a) {
   return s;
 }
 
+float dot_iq3_xxs(int64_t n, const void* w, const void* a) {
+  const block_iq3_xxs* x = (const block_iq3_xxs*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  float s = 0.f;
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const uint8_t* qs = x[b].qs;
+    const int8_t* yq = y[b].qs;
+    int sumi = 0;
+    for (int ib = 0; ib < 8; ++ib) {
+      uint32_t aux;
+      std::memcpy(&aux, qs + QK_K / 4 + 4 * ib, 4);
+      int si = 0;
+      for (int l = 0; l < 4; ++l) {
+        const uint8_t signs = tables::ksigns_iq2xs[(aux >> (7 * l)) & 127];
+        const uint64_t row = (uint64_t)tables::iq3xxs_grid[qs[8 * ib + 2 * l]] |
+                             ((uint64_t)tables::iq3xxs_grid[qs[8 * ib + 2 * l + 1]] << 32);
+        for (int j = 0; j < 8; ++j) {
+          const int g = (int)((row >> (8 * j)) & 0xFF);
+          si += ((signs >> j) & 1 ? -g : g) * yq[32 * ib + 8 * l + j];
+        }
+      }
+      sumi += (2 * (int)(aux >> 28) + 1) * si;
+    }
+    s += 0.25f * y[b].d * fp16_to_fp32(x[b].d) * (float)sumi;
+  }
+  return s;
+}
+
+// Signed grid row (8 weights) x activation, with a sign byte (bit j set = negate weight j).
+inline int grid8_dot(uint64_t row, uint8_t signs, const int8_t* y) {
+  int s = 0;
+  for (int j = 0; j < 8; ++j) {
+    const int g = (int)((row >> (8 * j)) & 0xFF);
+    s += ((signs >> j) & 1 ? -g : g) * y[j];
+  }
+  return s;
+}
+
+// IQ2_XS / IQ2_S: per 16 weights a 4-bit scale ls, w = d*(2*ls+1)/8 * grid; sums stay in int.
+float dot_iq2_xs(int64_t n, const void* w, const void* a) {
+  const block_iq2_xs* x = (const block_iq2_xs*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  float s = 0.f;
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    uint16_t qs[32];
+    std::memcpy(qs, x[b].qs, 64);
+    int sumi = 0;
+    for (int g = 0; g < 16; ++g) {  // 16-weight scale groups: two grid rows each
+      const int ls = 2 * ((x[b].scales[g / 2] >> (4 * (g % 2))) & 15) + 1;
+      int si = 0;
+      for (int l = 0; l < 2; ++l) {
+        const uint16_t q = qs[2 * g + l];
+        si += grid8_dot(tables::iq2xs_grid[q & 511], tables::ksigns_iq2xs[q >> 9], y[b].qs + 16 * g + 8 * l);
+      }
+      sumi += ls * si;
+    }
+    s += 0.125f * y[b].d * fp16_to_fp32(x[b].d) * (float)sumi;
+  }
+  return s;
+}
+
+float dot_iq2_s(int64_t n, const void* w, const void* a) {
+  const block_iq2_s* x = (const block_iq2_s*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  float s = 0.f;
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const uint8_t* signs = x[b].qs + QK_K / 8;
+    int sumi = 0;
+    for (int g = 0; g < 16; ++g) {
+      const int ls = 2 * ((x[b].scales[g / 2] >> (4 * (g % 2))) & 15) + 1;
+      int si = 0;
+      for (int l = 0; l < 2; ++l) {
+        const int i = 2 * g + l;
+        const int idx = x[b].qs[i] | (((x[b].qh[i / 4] >> (2 * (i % 4))) & 3) << 8);
+        si += grid8_dot(tables::iq2s_grid[idx], signs[i], y[b].qs + 8 * i);
+      }
+      sumi += ls * si;
+    }
+    s += 0.125f * y[b].d * fp16_to_fp32(x[b].d) * (float)sumi;
+  }
+  return s;
+}
+
+// IQ3_S: 4-weight grid rows, explicit sign bits, (2*sc+1) per 32 weights.
+float dot_iq3_s(int64_t n, const void* w, const void* a) {
+  const block_iq3_s* x = (const block_iq3_s*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  float s = 0.f;
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    int sumi = 0;
+    for (int ib = 0; ib < 8; ++ib) {
+      const int ls = 2 * ((x[b].scales[ib / 2] >> (4 * (ib % 2))) & 15) + 1;
+      int si = 0;
+      for (int l = 0; l < 4; ++l) {
+        const int i0 = 8 * ib + 2 * l;
+        const int h0 = (x[b].qh[ib] >> (2 * l)) & 1, h1 = (x[b].qh[ib] >> (2 * l + 1)) & 1;
+        const uint64_t row = (uint64_t)tables::iq3s_grid[x[b].qs[i0] | (h0 << 8)] |
+                             ((uint64_t)tables::iq3s_grid[x[b].qs[i0 + 1] | (h1 << 8)] << 32);
+        si += grid8_dot(row, x[b].signs[4 * ib + l], y[b].qs + 32 * ib + 8 * l);
+      }
+      sumi += ls * si;
+    }
+    s += y[b].d * fp16_to_fp32(x[b].d) * (float)sumi;
+  }
+  return s;
+}
+
+// IQ1_M: w = d*(2*s+1)*(g + delta), g in {-1,0,1}, s per 16 weights, delta = +-1/8 per 8 weights;
+// summed exactly in units of 1/8 as (8*g + 8*delta) * y.
+float dot_iq1_m(int64_t n, const void* w, const void* a) {
+  const block_iq1_m* x = (const block_iq1_m*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  float s = 0.f;
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    uint16_t sc[4];
+    std::memcpy(sc, x[b].scales, 8);
+    const uint16_t dbits = (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) |
+                                      (sc[3] & 0xF000));
+    const int8_t* yq = y[b].qs;
+    int sumi = 0;
+    for (int g = 0; g < 16; ++g) {
+      const int ls = 2 * ((sc[g / 4] >> (3 * (g % 4))) & 7) + 1;
+      int si = 0;
+      for (int l = 0; l < 2; ++l) {
+        const int m = 2 * g + l;
+        const int nib = (x[b].qh[m / 2] >> (4 * (m % 2))) & 15;
+        const uint64_t row = tables::iq1s_grid[x[b].qs[m] | ((nib & 7) << 8)];
+        int gy = 0, ys = 0;
+        for (int j = 0; j < 8; ++j) {
+          gy += (int)(int8_t)((row >> (8 * j)) & 0xFF) * yq[8 * m + j];
+          ys += yq[8 * m + j];
+        }
+        si += 8 * gy + (nib & 8 ? -ys : ys);
+      }
+      sumi += ls * si;
+    }
+    s += 0.125f * y[b].d * fp16_to_fp32(dbits) * (float)sumi;
+  }
+  return s;
+}
+
 VecDotTable make_table() {
   VecDotTable t;
   auto set = [&](GgmlType ty, VecDotFn f) { t.fn[(int)ty] = f; };
@@ -410,6 +551,11 @@ VecDotTable make_table() {
   set(GgmlType::TQ2_0, dot_tq2_0);
   set(GgmlType::IQ2_XXS, dot_iq2_xxs);
   set(GgmlType::IQ1_S, dot_iq1_s);
+  set(GgmlType::IQ3_XXS, dot_iq3_xxs);
+  set(GgmlType::IQ2_XS, dot_iq2_xs);
+  set(GgmlType::IQ2_S, dot_iq2_s);
+  set(GgmlType::IQ3_S, dot_iq3_s);
+  set(GgmlType::IQ1_M, dot_iq1_m);
   return t;
 }
 
@@ -422,7 +568,8 @@ ActKind act_kind(int32_t type) {
       return ActKind::Q8A32;
     case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
     case GgmlType::Q6_K: case GgmlType::IQ4_XS: case GgmlType::TQ1_0: case GgmlType::TQ2_0:
-    case GgmlType::IQ2_XXS: case GgmlType::IQ1_S:
+    case GgmlType::IQ2_XXS: case GgmlType::IQ1_S: case GgmlType::IQ3_XXS: case GgmlType::IQ2_XS:
+    case GgmlType::IQ2_S: case GgmlType::IQ3_S: case GgmlType::IQ1_M:
       return ActKind::Q8K;
     default:
       return ActKind::F32;

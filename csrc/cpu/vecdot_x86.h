@@ -1,6 +1,7 @@
-// x86 SIMD dot kernels, written once and compiled twice: by vecdot_avx2.cpp (maddubs+madd) and by
-// vecdot_avx512.cpp with KR_VNNI=1 (vpdpbusd on 256-bit lanes). Everything sits in an anonymous
-// namespace so the two ISA builds never merge under the ODR. Include only from those two files.
+// x86 SIMD dot kernels (float, 32-block and K-quant formats), written once and compiled twice: by
+// vecdot_avx2.cpp (maddubs+madd) and by vecdot_avx512.cpp with KR_VNNI=1 (vpdpbusd on 256-bit
+// lanes). Everything sits in an anonymous namespace so the two ISA builds never merge under the
+// ODR. Include only through vecdot_x86_iq.h from those two files.
 #pragma once
 #include <immintrin.h>
 
@@ -42,6 +43,30 @@ inline __m256i dps8(__m256i acc, __m256i x, __m256i y) {
 }
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+
+// Unaligned little-endian loads straight from the block: copying a block field into a local array
+// first makes the compiler store it with one wide vector store that later narrow loads cannot
+// forward from.
+inline uint16_t ld16(const void* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline uint32_t ld32(const void* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+inline uint64_t ld64(const void* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+inline __m256i rows4(uint64_t r0, uint64_t r1, uint64_t r2, uint64_t r3) {
+  return _mm256_set_epi64x((long long)r3, (long long)r2, (long long)r1, (long long)r0);
+}
 
 // 16 packed bytes -> 32 nibbles (elem j = lo nibble of byte j, j+16 = hi nibble), as u8.
 inline __m256i nibbles32(const uint8_t* p) {
@@ -242,7 +267,7 @@ float dot_q2_K(int64_t n, const void* w, const void* a) {
 float dot_q3_K(int64_t n, const void* w, const void* a) {
   const block_q3_K* x = (const block_q3_K*)w;
   const block_q8_K* y = (const block_q8_K*)a;
-  const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  const __m256i m3 = _mm256_set1_epi8(3);
   const uint32_t km2 = 0x0f0f0f0f, km1 = 0x03030303;
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
@@ -257,21 +282,25 @@ float dot_q3_K(int64_t n, const void* w, const void* a) {
     const __m256i sc = _mm256_cvtepi8_epi16(s128);
     const __m128i sl = _mm256_castsi256_si128(sc), sh = _mm256_extracti128_si256(sc, 1);
     const __m256i scales[2] = {_mm256_set_m128i(sl, sl), _mm256_set_m128i(sh, sh)};
-    // 4 where the high bit is clear: q = lo - 4*(1 - hbit).
+    // Codes as unsigned q = lo | 4*hbit (0..7); the true value is q - 4, whose -4 part is
+    // -4 * sum_g scale_g * bsum_g, taken once per block from the bsums.
     const __m256i hbits = load256(x[b].hmask);
     const uint8_t* q3 = x[b].qs;
     const int8_t* q8 = y[b].qs;
-    __m256i sumi = _mm256_setzero_si256();
-    int bit = 0;
+    const __m256i four = _mm256_set1_epi8(4);
+    __m256i sumi = _mm256_slli_epi32(_mm256_madd_epi16(sc, load256(y[b].bsums)), 2);
+    sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
     for (int j = 0; j < 2; ++j, q3 += 32) {
       const __m256i bits = load256(q3);
-      for (int k = 0; k < 4; ++k, ++bit, q8 += 32) {
-        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
-        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(_mm256_andnot_si256(hbits, _mm256_set1_epi8((char)(1 << bit))), bit), one);
-        const __m256i yv = load256(q8);
-        __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, yv), _mm256_maddubs_epi16(_mm256_slli_epi16(hb, 2), yv));
-        p = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_pair_shuffle(k)), p);
-        sumi = _mm256_add_epi32(sumi, p);
+      const __m256i h4[4] = {
+          _mm256_and_si256(j ? _mm256_srli_epi16(hbits, 2) : _mm256_slli_epi16(hbits, 2), four),  // bit 4j+k -> 4
+          _mm256_and_si256(j ? _mm256_srli_epi16(hbits, 3) : _mm256_slli_epi16(hbits, 1), four),
+          _mm256_and_si256(j ? _mm256_srli_epi16(hbits, 4) : hbits, four),
+          _mm256_and_si256(_mm256_srli_epi16(hbits, j ? 5 : 1), four)};
+      for (int k = 0; k < 4; ++k, q8 += 32) {
+        const __m256i lo = _mm256_and_si256(k ? _mm256_srli_epi16(bits, 2 * k) : bits, m3);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_or_si256(lo, h4[k]), load256(q8));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_pair_shuffle(k)), p));
       }
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
@@ -392,163 +421,6 @@ float dot_iq4_xs(int64_t n, const void* w, const void* a) {
     acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
   }
   return hsum(acc);
-}
-
-// ---- i-quants and ternary formats x block_q8_K
-
-// ksigns_iq2xs expanded to 8 bytes of +1/-1 per 7-bit sign index, for _mm256_sign_epi8.
-struct SignTable {
-  uint64_t v[128];
-  SignTable() {
-    for (int i = 0; i < 128; ++i) {
-      uint64_t w = 0;
-      for (int j = 0; j < 8; ++j) w |= (uint64_t)((tables::ksigns_iq2xs[i] >> j) & 1 ? 0xFF : 0x01) << (8 * j);
-      v[i] = w;
-    }
-  }
-};
-const SignTable& sign_table() {
-  static const SignTable t;
-  return t;
-}
-
-float dot_iq2_xxs(int64_t n, const void* w, const void* a) {
-  const block_iq2_xxs* x = (const block_iq2_xxs*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
-  const uint64_t* signs = sign_table().v;
-  const uint64_t* grid = tables::iq2xxs_grid;
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK_K; ++b) {
-    const uint8_t* raw = (const uint8_t*)x[b].qs;
-    const int8_t* q8 = y[b].qs;
-    __m256i sumi = _mm256_setzero_si256();
-    for (int ib = 0; ib < 8; ++ib, q8 += 32) {
-      uint32_t aux;
-      std::memcpy(&aux, raw + 8 * ib + 4, 4);
-      const uint8_t* idx = raw + 8 * ib;
-      const __m256i q = _mm256_set_epi64x((long long)grid[idx[3]], (long long)grid[idx[2]], (long long)grid[idx[1]],
-                                          (long long)grid[idx[0]]);
-      const __m256i sg = _mm256_set_epi64x((long long)signs[(aux >> 21) & 127], (long long)signs[(aux >> 14) & 127],
-                                           (long long)signs[(aux >> 7) & 127], (long long)signs[aux & 127]);
-      const __m256i p = _mm256_maddubs_epi16(q, _mm256_sign_epi8(load256(q8), sg));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1))));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
-  }
-  return hsum(acc);
-}
-
-float dot_iq1_s(int64_t n, const void* w, const void* a) {
-  const block_iq1_s* x = (const block_iq1_s*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
-  const uint64_t* grid = tables::iq1s_grid;
-  __m256 acc = _mm256_setzero_ps();
-  float s = 0.f;
-  for (int64_t b = 0; b < n / QK_K; ++b) {
-    const uint8_t* qs = x[b].qs;
-    const int8_t* q8 = y[b].qs;
-    __m256i sumi = _mm256_setzero_si256();
-    int sumd = 0;
-    for (int ib = 0; ib < 8; ++ib, qs += 4, q8 += 32) {
-      uint16_t qh;
-      std::memcpy(&qh, &x[b].qh[ib], 2);
-      const __m256i q = _mm256_set_epi64x((long long)grid[qs[3] | ((qh >> 1) & 0x700)],
-                                          (long long)grid[qs[2] | ((qh << 2) & 0x700)],
-                                          (long long)grid[qs[1] | ((qh << 5) & 0x700)],
-                                          (long long)grid[qs[0] | ((qh << 8) & 0x700)]);
-      const int ls = 2 * ((qh >> 12) & 7) + 1;
-      const __m256i yv = load256(q8);
-      const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(yv, q));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((short)ls)));
-      sumd += ls * (qh & 0x8000 ? -1 : 1) * (y[b].bsums[2 * ib] + y[b].bsums[2 * ib + 1]);
-    }
-    const float d = y[b].d * f16(x[b].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    s += 0.125f * d * (float)sumd;
-  }
-  return hsum(acc) + s;
-}
-
-// TQ1_0 trits: byte * 3^j (mod 256) by shifts and adds, then the trit is (q * 3) >> 8, taken for
-// even and odd bytes of each 16-bit lane with mulhi.
-struct Trits {
-  static __m256i times3(__m256i v) { return _mm256_add_epi8(v, _mm256_add_epi8(v, v)); }
-  static __m256i times9(__m256i v) {
-    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(v, 3), _mm256_set1_epi8((char)0xF8)), v);
-  }
-  static __m256i top(__m256i q) {
-    const __m256i three = _mm256_set1_epi16(3);
-    const __m256i even = _mm256_mulhi_epu16(_mm256_slli_epi16(q, 8), three);
-    const __m256i odd = _mm256_mulhi_epu16(_mm256_and_si256(q, _mm256_set1_epi16((short)0xFF00)), three);
-    return _mm256_or_si256(even, _mm256_slli_epi16(odd, 8));
-  }
-};
-
-float dot_tq1_0(int64_t n, const void* w, const void* a) {
-  const block_tq1_0* x = (const block_tq1_0*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
-  using Tr = Trits;
-  __m256 acc = _mm256_setzero_ps();
-  float tail = 0.f;
-  for (int64_t b = 0; b < n / QK_K; ++b) {
-    const int8_t* q8 = y[b].qs;
-    // 32 bytes x 5 trits -> y[0..160); 16 bytes x 5 trits -> y[160..240) (two trits per 256-bit
-    // vector: the 16 bytes are duplicated into both halves and multiplied by 3^t and 3^(t+1)).
-    const __m256i v0 = load256(x[b].qs);
-    const __m256i m1 = Tr::times3(v0), m2 = Tr::times9(v0), m3 = Tr::times3(m2), m4 = Tr::times9(m2);
-    __m256i sumi = _mm256_setzero_si256();
-    sumi = dpbusd(sumi, Tr::top(v0), load256(q8));
-    sumi = dpbusd(sumi, Tr::top(m1), load256(q8 + 32));
-    sumi = dpbusd(sumi, Tr::top(m2), load256(q8 + 64));
-    sumi = dpbusd(sumi, Tr::top(m3), load256(q8 + 96));
-    sumi = dpbusd(sumi, Tr::top(m4), load256(q8 + 128));
-    const __m128i h = _mm_loadu_si128((const __m128i*)(x[b].qs + 32));
-    const __m256i hh = _mm256_set_m128i(h, h);
-    const __m256i p01 = _mm256_blend_epi32(hh, Tr::times3(hh), 0xF0);            // 3^0 | 3^1
-    const __m256i p23 = _mm256_blend_epi32(Tr::times9(hh), Tr::times9(Tr::times3(hh)), 0xF0);  // 3^2 | 3^3
-    const __m256i p4 = Tr::times9(Tr::times9(hh));                               // 3^4 (low half used)
-    sumi = dpbusd(sumi, Tr::top(p01), load256(q8 + 160));
-    sumi = dpbusd(sumi, Tr::top(p23), load256(q8 + 192));
-    const __m128i t4 = _mm256_castsi256_si128(Tr::top(p4));
-    const __m128i y4 = _mm_loadu_si128((const __m128i*)(q8 + 224));
-    const __m128i s4 = _mm_madd_epi16(_mm_maddubs_epi16(t4, y4), _mm_set1_epi16(1));
-    sumi = _mm256_add_epi32(sumi, _mm256_zextsi128_si256(s4));
-    // qh: 4 bytes x 4 trits -> y[240..256), scalar; then subtract sum(y) for the -1 offset.
-    int si = 0, ysum = 0;
-    static constexpr uint8_t pow3[4] = {1, 3, 9, 27};
-    for (int t = 0; t < 4; ++t)
-      for (int m = 0; m < 4; ++m) si += (int)(((uint16_t)(uint8_t)(x[b].qh[m] * pow3[t]) * 3) >> 8) * q8[240 + 4 * t + m];
-    for (int g = 0; g < 16; ++g) ysum += y[b].bsums[g];
-    const float d = y[b].d * f16(x[b].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    tail += d * (float)(si - ysum);
-  }
-  return hsum(acc) + tail;
-}
-
-VecDotTable make_x86_table() {
-  VecDotTable t;
-  auto set = [&](GgmlType ty, VecDotFn f) { t.fn[(int)ty] = f; };
-  set(GgmlType::F32, dot_f32);
-  set(GgmlType::F16, dot_half<load_f16x8, cvt_f16>);
-  set(GgmlType::BF16, dot_half<load_bf16x8, cvt_bf16>);
-  set(GgmlType::Q8_0, dot_q8_0);
-  set(GgmlType::Q4_0, dot_qx<block_q4_0, 8, false, false>);
-  set(GgmlType::Q4_1, dot_qx<block_q4_1, 0, true, false>);
-  set(GgmlType::Q5_0, dot_qx<block_q5_0, 16, false, true>);
-  set(GgmlType::Q5_1, dot_qx<block_q5_1, 0, true, true>);
-  set(GgmlType::IQ4_NL, dot_iq4_nl);
-  set(GgmlType::MXFP4, dot_mxfp4);
-  set(GgmlType::Q2_K, dot_q2_K);
-  set(GgmlType::Q3_K, dot_q3_K);
-  set(GgmlType::Q4_K, dot_qk_K<false>);
-  set(GgmlType::Q5_K, dot_qk_K<true>);
-  set(GgmlType::Q6_K, dot_q6_K);
-  set(GgmlType::IQ4_XS, dot_iq4_xs);
-  set(GgmlType::IQ2_XXS, dot_iq2_xxs);
-  set(GgmlType::IQ1_S, dot_iq1_s);
-  set(GgmlType::TQ1_0, dot_tq1_0);
-  return t;
 }
 
 }  // namespace

@@ -27,10 +27,6 @@ struct PairShuffles {
 const PairShuffles kPairShuf;
 inline __m256i pair_shuffle(int k) { return _mm256_load_si256((const __m256i*)kPairShuf.v[k]); }
 
-inline __m256i rows4(uint64_t r0, uint64_t r1, uint64_t r2, uint64_t r3) {
-  return _mm256_set_epi64x((long long)r3, (long long)r2, (long long)r1, (long long)r0);
-}
-
 // 16 4-bit scales (two per byte, low nibble first) -> int16 2*s+1, ordered, as two registers holding
 // scales 0-7 and 8-15 in both 128-bit halves (for pair_shuffle).
 inline void nibble_scales16(const uint8_t* s8, __m256i out[2]) {
@@ -54,18 +50,19 @@ float dot_iq2_xs(int64_t n, const void* w, const void* a) {
   const uint64_t* grid = tables::iq2xs_grid;
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
-    uint16_t qs[32];
-    std::memcpy(qs, x[b].qs, 64);
+    const uint8_t* qs = (const uint8_t*)x[b].qs;
     __m256i sc[2];
     nibble_scales16(x[b].scales, sc);
     const int8_t* q8 = y[b].qs;
     __m256i s0 = _mm256_setzero_si256(), s1 = s0;
     for (int ib = 0; ib < 8; ib += 2, q8 += 64) {
-      const uint16_t* q = qs + 4 * ib;
-      const __m256i g0 = rows4(grid[q[0] & 511], grid[q[1] & 511], grid[q[2] & 511], grid[q[3] & 511]);
-      const __m256i g1 = rows4(grid[q[4] & 511], grid[q[5] & 511], grid[q[6] & 511], grid[q[7] & 511]);
-      const __m256i z0 = rows4(signs[q[0] >> 9], signs[q[1] >> 9], signs[q[2] >> 9], signs[q[3] >> 9]);
-      const __m256i z1 = rows4(signs[q[4] >> 9], signs[q[5] >> 9], signs[q[6] >> 9], signs[q[7] >> 9]);
+      const uint64_t q0 = ld64(qs + 8 * ib), q1 = ld64(qs + 8 * ib + 8);
+      const __m256i g0 =
+          rows4(grid[q0 & 511], grid[(q0 >> 16) & 511], grid[(q0 >> 32) & 511], grid[(q0 >> 48) & 511]);
+      const __m256i g1 =
+          rows4(grid[q1 & 511], grid[(q1 >> 16) & 511], grid[(q1 >> 32) & 511], grid[(q1 >> 48) & 511]);
+      const __m256i z0 = rows4(signs[(q0 >> 9) & 127], signs[(q0 >> 25) & 127], signs[(q0 >> 41) & 127], signs[q0 >> 57]);
+      const __m256i z1 = rows4(signs[(q1 >> 9) & 127], signs[(q1 >> 25) & 127], signs[(q1 >> 41) & 127], signs[q1 >> 57]);
       const __m256i& scv = sc[ib / 4];
       s0 = _mm256_add_epi32(s0, grid_dot(g0, z0, q8, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4))));
       s1 = _mm256_add_epi32(s1, grid_dot(g1, z1, q8 + 32, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4 + 1))));
@@ -84,8 +81,7 @@ float dot_iq2_s(int64_t n, const void* w, const void* a) {
   for (int64_t b = 0; b < n / QK_K; ++b) {
     const uint8_t* qs = x[b].qs;
     const uint8_t* qh = x[b].qh;
-    uint32_t sg[8];
-    std::memcpy(sg, x[b].qs + QK_K / 8, 32);
+    const uint8_t* sg = x[b].qs + QK_K / 8;
     __m256i sc[2];
     nibble_scales16(x[b].scales, sc);
     const int8_t* q8 = y[b].qs;
@@ -98,9 +94,9 @@ float dot_iq2_s(int64_t n, const void* w, const void* a) {
                                grid[qs[6] | ((h1 >> 4) & 0x300)], grid[qs[7] | ((h1 >> 6) & 0x300)]);
       const __m256i& scv = sc[ib / 4];
       s0 = _mm256_add_epi32(
-          s0, grid_dot(g0, sign_bits32(sg[ib]), q8, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4))));
-      s1 = _mm256_add_epi32(
-          s1, grid_dot(g1, sign_bits32(sg[ib + 1]), q8 + 32, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4 + 1))));
+          s0, grid_dot(g0, sign_bits32(ld32(sg + 4 * ib)), q8, _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4))));
+      s1 = _mm256_add_epi32(s1, grid_dot(g1, sign_bits32(ld32(sg + 4 * ib + 4)), q8 + 32,
+                                         _mm256_shuffle_epi8(scv, pair_shuffle(ib % 4 + 1))));
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)),
                           acc);
@@ -112,27 +108,27 @@ float dot_iq3_s(int64_t n, const void* w, const void* a) {
   const block_iq3_s* x = (const block_iq3_s*)w;
   const block_q8_K* y = (const block_q8_K*)a;
   const uint32_t* grid = tables::iq3s_grid;
+  const __m256i hshift = _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
     const uint8_t* qs = x[b].qs;
-    uint32_t sg[8];
-    std::memcpy(sg, x[b].signs, 32);
+    const uint8_t* sg = x[b].signs;
     const int8_t* q8 = y[b].qs;
     __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-    for (int ib = 0; ib < 8; ib += 2, q8 += 64, qs += 16) {
+    for (int ib = 0; ib < 8; ib += 2, q8 += 64) {
       __m256i g[2];
       for (int k = 0; k < 2; ++k) {
-        const uint32_t h = (uint32_t)x[b].qh[ib + k] << 8;
-        const uint8_t* q = qs + 8 * k;
-        g[k] = _mm256_set_epi32((int)grid[q[7] | ((h >> 7) & 256)], (int)grid[q[6] | ((h >> 6) & 256)],
-                                (int)grid[q[5] | ((h >> 5) & 256)], (int)grid[q[4] | ((h >> 4) & 256)],
-                                (int)grid[q[3] | ((h >> 3) & 256)], (int)grid[q[2] | ((h >> 2) & 256)],
-                                (int)grid[q[1] | ((h >> 1) & 256)], (int)grid[q[0] | (h & 256)]);
+        // 9-bit indices: code byte | bit j of qh at bit 8, gathered 8 rows at a time.
+        const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(qs + 8 * (ib + k))));
+        const __m256i hb = _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32(x[b].qh[ib + k]), hshift),
+                                            _mm256_set1_epi32(256));
+        g[k] = _mm256_i32gather_epi32((const int*)grid, _mm256_or_si256(lo, hb), 4);
       }
       const uint8_t sb = x[b].scales[ib / 2];
-      const __m256i ls0 = _mm256_set1_epi16((short)(2 * (sb & 15) + 1)), ls1 = _mm256_set1_epi16((short)(2 * (sb >> 4) + 1));
-      s0 = _mm256_add_epi32(s0, grid_dot(g[0], sign_bits32(sg[ib]), q8, ls0));
-      s1 = _mm256_add_epi32(s1, grid_dot(g[1], sign_bits32(sg[ib + 1]), q8 + 32, ls1));
+      const __m256i ls0 = _mm256_set1_epi16((short)(2 * (sb & 15) + 1));
+      const __m256i ls1 = _mm256_set1_epi16((short)(2 * (sb >> 4) + 1));
+      s0 = _mm256_add_epi32(s0, grid_dot(g[0], sign_bits32(ld32(sg + 4 * ib)), q8, ls0));
+      s1 = _mm256_add_epi32(s1, grid_dot(g[1], sign_bits32(ld32(sg + 4 * ib + 4)), q8 + 32, ls1));
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc);
   }
@@ -155,15 +151,16 @@ float dot_iq1_m(int64_t n, const void* w, const void* a) {
   const __m128i wshuf = _mm_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
-    uint16_t sc[4];
-    std::memcpy(sc, x[b].scales, 8);
+    const uint8_t* s8 = x[b].scales;
+    const uint16_t sc[4] = {ld16(s8), ld16(s8 + 2), ld16(s8 + 4), ld16(s8 + 6)};
     const uint16_t dbits = (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) |
                                       (sc[3] & 0xF000));
     // int16 lanes 0..15 = 2*s_g+1 for the 16 groups of 16 weights.
     const __m128i w4 = _mm_loadl_epi64((const __m128i*)x[b].scales);
     __m256i v = _mm256_cvtepu16_epi32(_mm_shuffle_epi8(w4, wshuf));
     v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 6, 0, 6, 0, 6, 0, 6));
-    v = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(7)), _mm256_and_si256(_mm256_slli_epi32(v, 13), _mm256_set1_epi32(7 << 16)));
+    v = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(7)),
+                        _mm256_and_si256(_mm256_slli_epi32(v, 13), _mm256_set1_epi32(7 << 16)));
     v = _mm256_or_si256(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1));
     const __m128i vlo = _mm256_castsi256_si128(v), vhi = _mm256_extracti128_si256(v, 1);
     const __m256i scs[2] = {_mm256_set_m128i(vlo, vlo), _mm256_set_m128i(vhi, vhi)};
@@ -171,12 +168,18 @@ float dot_iq1_m(int64_t n, const void* w, const void* a) {
     const uint8_t* qh = x[b].qh;
     const int8_t* q8 = y[b].qs;
     __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-    for (int ib = 0; ib < 8; ++ib, qs += 4, qh += 2, q8 += 32) {
-      const uint32_t h = (uint32_t)qh[0] | ((uint32_t)qh[1] << 16);  // nibbles at bits 0, 4, 16, 20
-      const __m256i g = rows4(grid[qs[0] | ((h << 8) & 0x700)], grid[qs[1] | ((h << 4) & 0x700)],
-                              grid[qs[2] | ((h >> 8) & 0x700)], grid[qs[3] | ((h >> 12) & 0x700)]);
-      uint16_t hh;
-      std::memcpy(&hh, qh, 2);
+    // Grid rows through a stack buffer, as in dot_iq1_s (faster than lane inserts there).
+    alignas(32) uint64_t rows[32];
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint32_t h = (uint32_t)qh[2 * ib] | ((uint32_t)qh[2 * ib + 1] << 16);  // nibbles at bits 0, 4, 16, 20
+      rows[4 * ib + 0] = grid[qs[4 * ib + 0] | ((h << 8) & 0x700)];
+      rows[4 * ib + 1] = grid[qs[4 * ib + 1] | ((h << 4) & 0x700)];
+      rows[4 * ib + 2] = grid[qs[4 * ib + 2] | ((h >> 8) & 0x700)];
+      rows[4 * ib + 3] = grid[qs[4 * ib + 3] | ((h >> 12) & 0x700)];
+    }
+    for (int ib = 0; ib < 8; ++ib, qh += 2, q8 += 32) {
+      const __m256i g = load256(rows + 4 * ib);
+      const uint16_t hh = ld16(qh);
       const __m256i dm = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi16((short)hh), dshuf), dmask);
       const __m256i delta = _mm256_or_si256(_mm256_cmpeq_epi8(dm, dmask), one);
       const __m256i wq = _mm256_add_epi8(_mm256_sign_epi8(eight, g), delta);
