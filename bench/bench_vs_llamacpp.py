@@ -1,7 +1,7 @@
 """kimi-runtime vs llama.cpp (llama-cpp-python) on the medium synthetic model (Q4_K_M, ~1.9 GB, the shape of
 REFERENCE.md section 8): prompt tok/s on a 512-token prompt and decode tok/s, same file, same run, 2 threads.
 
-    python bench/bench_vs_llamacpp.py [--prompt 512 --decode 32 --threads 2 --model FILE.gguf]
+    python bench/bench_vs_llamacpp.py [--prompt 512 --decode 32 --threads 2 --repeat 2 --model FILE.gguf]
 
 The model is generated once into $KIMI_RUNTIME_CACHE/bench (default ~/.cache/kimi-runtime/bench).
 Results: a table with ratios on stdout and bench/results/vs_llamacpp.json.
@@ -99,20 +99,61 @@ class KimiRunner:
         del self.eng
 
 
-def measure(runner: Any, prompt: Sequence[int], decode_ids: Sequence[int], repeat: int) -> dict[str, float]:
-    """Best of `repeat` rounds (noise on a shared machine only slows things down): prompt tok/s over the
-    whole prompt, then decode tok/s over len(decode_ids) single-token steps after it. A short warm-up
-    first pages the file in and lets each runtime allocate its buffers."""
+def warm_up(runner: Any, prompt: Sequence[int], decode_ids: Sequence[int]) -> None:
+    """Pages the file in and lets the runtime allocate its buffers."""
     runner.reset()
     runner.prefill(prompt[:16])
     runner.decode(decode_ids[0])
-    best_p = best_d = float("inf")
-    for _ in range(repeat):
-        runner.reset()
-        best_p = min(best_p, _timed(lambda: runner.prefill(prompt)))
-        best_d = min(best_d, _timed(lambda: [runner.decode(t) for t in decode_ids]))
-    return {"prompt_tok_s": len(prompt) / best_p, "decode_tok_s": len(decode_ids) / best_d,
-            "prompt_s": best_p, "decode_s": best_d}
+
+
+def one_round(runner: Any, prompt: Sequence[int], decode_ids: Sequence[int]) -> tuple[float, float]:
+    """Seconds for the whole prompt, then for len(decode_ids) single-token steps after it."""
+    runner.reset()
+    tp = _timed(lambda: runner.prefill(prompt))
+    td = _timed(lambda: [runner.decode(t) for t in decode_ids])
+    return tp, td
+
+
+LABELS = {"llama": "llama.cpp", "llama-fa": "llama.cpp, flash attention", "kimi": "kimi-runtime"}
+
+
+def run_thread_count(keys: Sequence[str], path: Path, threads: int, n_ctx: int, prompt: list[int],
+                     decode_ids: list[int], repeat: int) -> dict[str, dict[str, float]]:
+    """All runtimes at one thread count, loaded side by side and measured round-robin, `repeat` rounds,
+    best kept: on a shared machine other processes come and go, and interleaving spreads that noise over
+    every runtime instead of penalising whichever ran during a busy minute. The 1-minute load average
+    is recorded with each figure (other work on the 2 cores slows spin-waiting thread pools most)."""
+    makers: dict[str, Callable[[], Any]] = {
+        "llama": lambda: LlamaRunner(path, threads, n_ctx, len(prompt), flash_attn=False),
+        "llama-fa": lambda: LlamaRunner(path, threads, n_ctx, len(prompt), flash_attn=True),
+        "kimi": lambda: KimiRunner(path, threads, n_ctx),
+    }
+    runners: dict[str, Any] = {}
+    for k in keys:
+        try:
+            runners[k] = makers[k]()
+        except ImportError as e:
+            print(f"skipping {LABELS[k]}: {e}")
+    best = {k: [float("inf"), float("inf"), 0.0] for k in runners}
+    try:
+        for r in runners.values():
+            warm_up(r, prompt, decode_ids)
+        for _ in range(repeat):
+            for k, r in runners.items():
+                tp, td = one_round(r, prompt, decode_ids)
+                b = best[k]
+                b[0], b[1], b[2] = min(b[0], tp), min(b[1], td), max(b[2], os.getloadavg()[0])
+    finally:
+        for r in runners.values():
+            r.close()
+        gc.collect()
+    out = {}
+    for k, (tp, td, load) in best.items():
+        out[k] = {"prompt_tok_s": len(prompt) / tp, "decode_tok_s": len(decode_ids) / td, "prompt_s": tp,
+                  "decode_s": td, "loadavg_1m_max": load}
+        print(f"{LABELS[k]:28s} {threads} thr  prompt {out[k]['prompt_tok_s']:8.1f} tok/s   decode "
+              f"{out[k]['decode_tok_s']:7.2f} tok/s   (load avg up to {load:.1f})", flush=True)
+    return out
 
 
 def main() -> None:
@@ -120,11 +161,16 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a GGUF to use instead of the cached medium/q4_k_m model")
     ap.add_argument("--prompt", type=int, default=512, help="prompt tokens")
     ap.add_argument("--decode", type=int, default=32, help="decoded tokens (after the prompt)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1, help="rounds per runtime (best is kept)")
+    ap.add_argument("--threads", default="2", help="thread counts, comma separated (e.g. 1,2)")
+    ap.add_argument("--repeat", type=int, default=2, help="round-robin rounds (best per runtime is kept)")
     ap.add_argument("--only", default="llama,llama-fa,kimi", help="comma list of: llama, llama-fa, kimi")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "vs_llamacpp.json"))
     args = ap.parse_args()
+    keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    for k in keys:
+        if k not in LABELS:
+            raise SystemExit(f"--only: unknown runtime {k!r}; choose from {', '.join(LABELS)}")
+    thread_counts = [int(t) for t in args.threads.split(",")]
 
     path = ensure_medium(args.model)
     from kimi_runtime.gguf import open_gguf
@@ -135,39 +181,26 @@ def main() -> None:
     decode_ids = rng.integers(0, cfg.n_vocab, max(1, args.decode)).tolist()
     n_ctx = 1 << (args.prompt + len(decode_ids) + 16).bit_length()
 
-    makers: dict[str, Callable[[], Any]] = {
-        "llama": lambda: LlamaRunner(path, args.threads, n_ctx, args.prompt, flash_attn=False),
-        "llama-fa": lambda: LlamaRunner(path, args.threads, n_ctx, args.prompt, flash_attn=True),
-        "kimi": lambda: KimiRunner(path, args.threads, n_ctx),
-    }
-    labels = {"llama": "llama.cpp", "llama-fa": "llama.cpp, flash attention", "kimi": "kimi-runtime"}
-    results: dict[str, dict[str, float]] = {}
-    for key in [k.strip() for k in args.only.split(",") if k.strip()]:
-        if key not in makers:
-            raise SystemExit(f"--only: unknown runtime {key!r}; choose from {', '.join(makers)}")
-        try:
-            runner = makers[key]()
-        except ImportError as e:
-            print(f"skipping {labels[key]}: {e}")
-            continue
-        try:
-            results[key] = measure(runner, prompt, decode_ids, args.repeat)
-        finally:
-            runner.close()
-            gc.collect()
-        r = results[key]
-        print(f"{labels[key]:28s} prompt {r['prompt_tok_s']:8.1f} tok/s   decode {r['decode_tok_s']:7.2f} tok/s",
-              flush=True)
+    rows: list[dict[str, Any]] = []
+    for threads in thread_counts:
+        res = run_thread_count(keys, path, threads, n_ctx, prompt, decode_ids, args.repeat)
+        kimi = res.get("kimi")
+        for k, r in res.items():
+            row = {"runtime": LABELS[k], "threads": threads, **r}
+            if kimi and k != "kimi":
+                row["kimi_over_this"] = {"prompt": kimi["prompt_tok_s"] / r["prompt_tok_s"],
+                                         "decode": kimi["decode_tok_s"] / r["decode_tok_s"]}
+            rows.append(row)
 
-    print(f"\n{os.path.basename(path)}, {args.prompt}-token prompt, {len(decode_ids)} decoded tokens, "
-          f"{args.threads} threads (shared machine: figures are noisy; compare ratios from one run)")
-    print(f"| runtime | prompt tok/s | decode tok/s | kimi/this prompt | kimi/this decode |")
-    print("|---|---|---|---|---|")
-    kimi = results.get("kimi")
-    for key, r in results.items():
-        ratio_p = f"{kimi['prompt_tok_s'] / r['prompt_tok_s']:.2f}" if kimi else "-"
-        ratio_d = f"{kimi['decode_tok_s'] / r['decode_tok_s']:.2f}" if kimi else "-"
-        print(f"| {labels[key]} | {r['prompt_tok_s']:.1f} | {r['decode_tok_s']:.2f} | {ratio_p} | {ratio_d} |")
+    print(f"\n{os.path.basename(path)}, {args.prompt}-token prompt, {len(decode_ids)} decoded tokens "
+          f"(shared machine: figures are noisy; compare ratios from one run)")
+    print("| runtime | threads | prompt tok/s | decode tok/s | kimi / this, prompt | kimi / this, decode | load avg (max) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r.get("kimi_over_this")
+        rp, rd = (f"{ratio['prompt']:.2f}", f"{ratio['decode']:.2f}") if ratio else ("-", "-")
+        print(f"| {r['runtime']} | {r['threads']} | {r['prompt_tok_s']:.1f} | {r['decode_tok_s']:.2f} | {rp} | {rd} "
+              f"| {r['loadavg_1m_max']:.1f} |")
 
     llama_version = None
     try:
@@ -176,14 +209,12 @@ def main() -> None:
         llama_version = llama_cpp.__version__
     except ImportError:
         pass
-    out = {"model": str(path), "preset": PRESET if not args.model else None, "recipe": RECIPE if not args.model else None,
+    out = {"model": str(path), "preset": None if args.model else PRESET, "recipe": None if args.model else RECIPE,
            "file_bytes": path.stat().st_size, "prompt_tokens": args.prompt, "decode_tokens": len(decode_ids),
-           "threads": args.threads, "repeat": args.repeat, "llama_cpp_python": llama_version,
-           "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version()},
-           "results": {labels[k]: v for k, v in results.items()},
-           "ratios_kimi_over": {labels[k]: {"prompt": kimi["prompt_tok_s"] / v["prompt_tok_s"],
-                                            "decode": kimi["decode_tok_s"] / v["decode_tok_s"]}
-                                for k, v in results.items() if kimi and k != "kimi"}}
+           "repeat": args.repeat, "llama_cpp_python": llama_version,
+           "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(),
+                       "python": platform.python_version()},
+           "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")
