@@ -1,6 +1,7 @@
-"""Fused dequant-dot kernels on quantized GGUF weights (CPU): gemv / small-batch gemm, the model's
-``matmul`` entry point and the fused MoE FFN. Weights stay quantized; activations are quantized
-once per call to 8-bit blocks and dotted with integer SIMD kernels (see csrc/cpu/gemv.h).
+"""Fused dequant-dot kernels on quantized GGUF weights (CPU): gemv / small-batch gemm, batched per-head
+gemm (``gemm_heads``), the model's ``matmul`` entry point and the fused MoE FFN. Weights stay
+quantized; activations are quantized once per call to 8-bit blocks and dotted with integer SIMD
+kernels (see csrc/cpu/gemv.h).
 
 ``qtype`` arguments accept a :class:`gguf.GGMLQuantizationType`, its integer id or its name.
 Activations may be numpy arrays or CPU torch tensors (float32); results come back in the same kind.
@@ -15,7 +16,7 @@ from kimi_runtime._native import C
 from kimi_runtime.quant import QTypeLike, dequantize, qtype_info, row_bytes
 
 __all__ = [
-    "gemv", "gemm", "matmul", "ExpertRef", "expert_ref", "moe_ffn",
+    "gemv", "gemm", "gemm_heads", "matmul", "ExpertRef", "expert_ref", "moe_ffn",
     "set_num_threads", "num_threads", "set_isa", "isa", "best_isa", "kernel_path", "MAX_BATCH",
 ]
 
@@ -27,7 +28,11 @@ DENSE_MIN_ROWS = 512
 matmul (BLAS) instead of repeated fused passes. Measured on the 2-core AVX-512 dev box with a
 7168-column weight of ~14 MB: Q4_K fused/dense 314/652 ms at n=128, 464/908 at 256, 1347/1359 at
 512; Q8_0 344/370 at 256, 564/644 at 512. Grid i-quants decode slowly in the fused kernel and cross
-over earlier (IQ2_XXS 1665/1978 at 128, 2873/2576 at 256), hence :data:`DENSE_MIN_ROWS_GRID`."""
+over earlier (IQ2_XXS 1665/1978 at 128, 2873/2576 at 256), hence :data:`DENSE_MIN_ROWS_GRID`.
+Not made to depend on cols: isolated 2048-column weights do cross over earlier (Q4_K [2048, 2048]
+fused/dense 52.8/48.2 ms at n=256, 78.1/51.0 at 384; Q8_0 82.8/48.2 at 256), but switching them to
+dense from 256 rows made medium-preset prefill of 384 tokens slower end to end (44-50 vs 53-57
+tok/s, 5 alternating pairs, loadavg ~3.3), so the rule stays per format."""
 
 DENSE_MIN_ROWS_GRID = 256
 _GRID_FORMATS = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"}
@@ -150,6 +155,45 @@ def gemm(raw: Any, qtype: QTypeLike, rows: int, cols: int, x: Any) -> Any:
     else:
         for i in range(0, n, MAX_BATCH):
             C.gemm(w, qid, rows, cols, xa[i:i + MAX_BATCH], out[i:i + MAX_BATCH])
+    if is_torch:
+        import torch
+
+        return torch.from_numpy(out)
+    return out
+
+
+def gemm_heads(raw: Any, qtype: QTypeLike, heads: int, rows: int, cols: int, x: Any) -> Any:
+    """``out[h] = x[h] @ W[h]^T`` for ``heads`` weight slices stored back to back (raw GGUF bytes of a
+    ``[heads, rows, cols]`` tensor): x ``[heads, n, cols]`` float32 -> ``[heads, n, rows]`` float32.
+
+    One native call for all heads (MLA's k_b / v_b in decode), on the same row kernels as :func:`gemm`
+    (activations quantized to 8 bits for quantized weights). Raises ValueError for a short buffer,
+    a ``cols`` that is not a block multiple, an unknown type or a wrongly shaped / typed x.
+    """
+    heads, rows, cols = int(heads), int(rows), int(cols)
+    if heads <= 0:
+        raise ValueError(f"heads must be positive, got {heads}")
+    w = _weight_view(raw)
+    qid = _check_weights(w, qtype, rows, cols)
+    need = heads * rows * row_bytes(qid, cols)
+    if w.nbytes < need:
+        raise ValueError(f"weight buffer too short: {heads} heads of {qtype_info(qid).name} [{rows}, {cols}] "
+                         f"need {need} bytes, got {w.nbytes}")
+    is_torch = type(x).__module__.startswith("torch")
+    if is_torch:
+        import torch
+
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise ValueError(f"x must be a CPU float32 tensor, got {x.dtype} on {x.device}")
+        x = x.detach().contiguous().numpy()
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise ValueError(f"x must be a float32 numpy array or torch tensor, got {type(x).__name__} "
+                         f"{getattr(x, 'dtype', '')}")
+    if x.ndim != 3 or x.shape[0] != heads or x.shape[2] != cols or x.shape[1] == 0:
+        raise ValueError(f"x must have shape [{heads}, n >= 1, {cols}], got {tuple(x.shape)}")
+    xa = np.ascontiguousarray(x)
+    out = np.empty((heads, xa.shape[1], rows), dtype=np.float32)
+    C.gemm_heads(w, qid, heads, rows, cols, xa, out)
     if is_torch:
         import torch
 

@@ -143,15 +143,15 @@ class QLinear:
 
 class HeadLinear:
     """Per-head maps y[h] = x[h] @ W[h].T over one tensor [H, rows, cols] (attn_k_b, attn_v_b), as GGUF
-    bytes (quantized, or F32 from a float tensor): one native kernel call per head on the kernels'
-    thread pool. Medium preset, all layers' k_b + v_b per decode token: float32 torch bmm 9.4 ms,
-    these calls 4.0 ms on float32 or Q8_0 bytes alike (mostly the 256 calls' overhead)."""
+    bytes (quantized, or F32 from a float tensor): one native call for all heads (kernels.gemm_heads)
+    on the kernels' thread pool; an older extension without it gets one gemm call per head."""
 
     def __init__(self, raw: np.ndarray, qtype: GGMLQuantizationType | int, heads: int, rows: int,
                  cols: int) -> None:
         from kimi_runtime._native import C  # noqa: PLC0415 - only built when the kernels are
 
         self._gemm = C.gemm
+        self._gemm_heads = getattr(C, "gemm_heads", None)
         self.qtype = GGMLQuantizationType(qtype)
         self.heads, self.rows, self.cols = int(heads), int(rows), int(cols)
         rb = row_bytes(self.qtype, self.cols) * self.rows
@@ -159,6 +159,7 @@ class HeadLinear:
         if raw.nbytes != rb * self.heads:
             raise ValueError(f"{self.qtype.name} [{heads}, {rows}, {cols}] needs {rb * self.heads} bytes, "
                              f"got {raw.nbytes}")
+        self.raw = raw
         self.parts = [raw[h * rb:(h + 1) * rb] for h in range(self.heads)]
 
     @classmethod
@@ -187,6 +188,9 @@ class HeadLinear:
         xs = x.contiguous().numpy()
         out = np.empty((self.heads, x.shape[1], self.rows), dtype=np.float32)
         q, r, c = int(self.qtype), self.rows, self.cols
-        for h, w in enumerate(self.parts):
-            self._gemm(w, q, r, c, xs[h], out[h])
+        if self._gemm_heads is not None:
+            self._gemm_heads(self.raw, q, self.heads, r, c, xs, out)
+        else:
+            for h, w in enumerate(self.parts):
+                self._gemm(w, q, r, c, xs[h], out[h])
         return torch.from_numpy(out)
