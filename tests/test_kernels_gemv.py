@@ -216,3 +216,23 @@ def test_membw_probe() -> None:
     assert np.isfinite(gbs) and 0.1 < gbs < 10_000  # GB/s; any real machine falls in this range
     with pytest.raises(ValueError):
         C.membw_read_gbs(1000, 1)
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_XS], ids=lambda t: t.name)
+def test_multirow_bit_identical_to_single_row(qtype: T, isa: str) -> None:
+    """Batches use the multi-row kernels (one weight-block decode for up to 4 activation rows),
+    which keep each row's accumulation order: every output must equal the n=1 call exactly.
+    n = 11 covers full groups of 4 and a remainder of 3."""
+    from kimi_runtime._native import C
+
+    rows, cols, n = 9, 3 * 256, 11
+    raw = random_weights(qtype, rows, cols, seed=31 + int(qtype))
+    x = np.random.default_rng(17).standard_normal((n, cols)).astype(np.float32)
+    batch = np.empty((n, rows), np.float32)
+    C.gemm(raw, int(qtype), rows, cols, x, batch)
+    for i in range(n):
+        one = np.empty((1, rows), np.float32)
+        C.gemm(raw, int(qtype), rows, cols, x[i:i + 1], one)
+        np.testing.assert_array_equal(batch[i], one[0], err_msg=f"row {i}")
+    wd = dequant(raw, qtype, rows, cols)
+    assert (np.abs(batch - x.astype(np.float64) @ wd.T) <= tolerance(qtype, wd, x, "int8")).all()

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <string>
 
 #include "common.h"
@@ -34,6 +35,15 @@ bool dequantizable(int32_t type) {
     default:
       return false;
   }
+}
+
+// KR_MULTIROW=0 turns the multi-row kernels off (A/B runs); read once.
+bool multirow_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("KR_MULTIROW");
+    return !(v && v[0] == '0');
+  }();
+  return on;
 }
 
 }  // namespace
@@ -81,6 +91,8 @@ RowKernel row_kernel(int32_t type) {
     }
   }
   if (k.fn) {
+    // Multi-row only from the ISA that supplied fn, so both give identical results.
+    if (multirow_enabled()) k.multi = table_for(k.isa)->multi[type];
     k.act = act_kind(type);
     return k;
   }
@@ -116,6 +128,16 @@ void dot_rows(const RowKernel& k, const uint8_t* w, size_t row_bytes, int64_t r0
       dequantize_row(k.type, w + (size_t)r * row_bytes, row.data(), cols);
       for (int64_t i = 0; i < n; ++i)
         out[i * out_stride + r] = k.f32(cols, row.data(), act + act_row_bytes * (size_t)i);
+    }
+    return;
+  }
+  if (k.multi && n >= 2) {
+    // Each weight block is decoded once per kMultiRows activation rows.
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* wr = w + (size_t)r * row_bytes;
+      for (int64_t i = 0; i < n; i += kMultiRows)
+        k.multi(cols, wr, act + act_row_bytes * (size_t)i, act_row_bytes, (int)std::min<int64_t>(kMultiRows, n - i),
+                out + i * out_stride + r, out_stride);
     }
     return;
   }

@@ -21,6 +21,7 @@ struct RowKernel {
   ActKind act = ActKind::F32;  // how activations are prepared for fn
   bool generic = false;        // no integer/float kernel: dequantize the row, then f32 dot
   Isa isa = Isa::Scalar;       // ISA of fn
+  VecDotMultiFn multi = nullptr;  // same-ISA multi-row form of fn, if any (dot_rows uses it for n >= 2)
 };
 RowKernel row_kernel(int32_t type);
 const char* kernel_path_name(int32_t type);  // e.g. "avx512/int8", "avx2/float", "scalar/dequant+f32"

@@ -1,6 +1,7 @@
 // Per-ISA tables of row dot kernels: dot(n, weight row, prepared activation row) -> float.
 // Each ISA file fills the formats it accelerates; gemv.cpp falls back to the next lower ISA.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "cpu/act_quant.h"
@@ -11,9 +12,16 @@ namespace kr {
 // as act_kind(type) wants (float, block_q8a32 or block_q8_K).
 using VecDotFn = float (*)(int64_t n, const void* w, const void* a);
 
+// Multi-row form for prefill: out[i*out_stride] = dot(w, a + i*a_stride) for i < nr (1..kMultiRows),
+// decoding each weight block once; bit-identical per row to the same table's VecDotFn.
+using VecDotMultiFn = void (*)(int64_t n, const void* w, const void* a, size_t a_stride, int nr, float* out,
+                               int64_t out_stride);
+constexpr int kMultiRows = 4;
+
 constexpr int kMaxType = 40;
 struct VecDotTable {
   VecDotFn fn[kMaxType] = {};
+  VecDotMultiFn multi[kMaxType] = {};  // optional; null = use fn row by row
 };
 
 enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };

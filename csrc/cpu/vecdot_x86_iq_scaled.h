@@ -3,6 +3,7 @@
 // from vecdot_avx2.cpp / vecdot_avx512.cpp).
 #pragma once
 #include "cpu/vecdot_x86_iq.h"
+#include "cpu/vecdot_x86_multi.h"
 
 namespace kr {
 namespace {
@@ -222,6 +223,7 @@ VecDotTable make_x86_table() {
   set(GgmlType::IQ2_S, dot_iq2_s);
   set(GgmlType::IQ3_S, dot_iq3_s);
   set(GgmlType::IQ1_M, dot_iq1_m);
+  fill_multi(t);
   return t;
 }
 

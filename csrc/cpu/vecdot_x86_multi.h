@@ -1,0 +1,164 @@
+// Multi-row x86 dot kernels: one weight row against R activation rows, each weight block decoded
+// once. Per row they keep the single-row kernel's lane layout and accumulation order (vecdot_x86.h),
+// so every output is bit-identical to it. Same compile-twice scheme; include via vecdot_x86_iq_scaled.h.
+#pragma once
+#include "cpu/vecdot_x86.h"
+
+namespace kr {
+namespace {
+
+template <class Y>
+inline const Y* act_row(const void* a, size_t stride, int r) {
+  return (const Y*)((const uint8_t*)a + stride * (size_t)r);
+}
+
+template <int R>
+void dotm_q8_0(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
+  const block_q8_0* x = (const block_q8_0*)w;
+  const block_q8a32* y[R];
+  __m256 acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8a32>(a, as, r);
+    acc0[r] = acc1[r] = _mm256_setzero_ps();
+  }
+  const int64_t nb = n / 32;
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const __m256i x0 = load256(x[b].qs), x1 = load256(x[b + 1].qs);
+    const __m256i ax0 = _mm256_sign_epi8(x0, x0), ax1 = _mm256_sign_epi8(x1, x1);
+    const float d0 = f16(x[b].d), d1 = f16(x[b + 1].d);
+    for (int r = 0; r < R; ++r) {
+      const __m256i p0 = dpbusd(_mm256_setzero_si256(), ax0, _mm256_sign_epi8(load256(y[r][b].qs), x0));
+      const __m256i p1 = dpbusd(_mm256_setzero_si256(), ax1, _mm256_sign_epi8(load256(y[r][b + 1].qs), x1));
+      acc0[r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * y[r][b].d), _mm256_cvtepi32_ps(p0), acc0[r]);
+      acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * y[r][b + 1].d), _mm256_cvtepi32_ps(p1), acc1[r]);
+    }
+  }
+  for (; b < nb; ++b) {
+    const __m256i x0 = load256(x[b].qs), ax0 = _mm256_sign_epi8(x0, x0);
+    const float d0 = f16(x[b].d);
+    for (int r = 0; r < R; ++r) {
+      const __m256i p0 = dpbusd(_mm256_setzero_si256(), ax0, _mm256_sign_epi8(load256(y[r][b].qs), x0));
+      acc0[r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * y[r][b].d), _mm256_cvtepi32_ps(p0), acc0[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+}
+
+template <bool Q5, int R>
+void dotm_qk_K(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
+  using Blk = std::conditional_t<Q5, block_q5_K, block_q4_K>;
+  const Blk* x = (const Blk*)w;
+  const block_q8_K* y[R];
+  const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+  __m256 acc[R];
+  __m128 accm[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm256_setzero_ps();
+    accm[r] = _mm_setzero_ps();
+  }
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const float xd = f16(x[b].d), xdmin = f16(x[b].dmin);
+    const __m256i ms = k4_scales_mins(x[b].scales);
+    for (int r = 0; r < R; ++r) accm[r] = k4_min_term(ms, y[r][b], -y[r][b].d * xdmin, accm[r]);
+    const __m128i s128 = _mm256_castsi256_si128(ms);
+    const __m256i scales = _mm256_set_m128i(s128, s128);
+    const uint8_t* q4 = x[b].qs;
+    __m256i hbits;
+    if constexpr (Q5) hbits = load256(x[b].qh);
+    __m256i sumi[R];
+    for (int r = 0; r < R; ++r) sumi[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j, q4 += 32) {
+      const __m256i bits = load256(q4);
+      __m256i ql = _mm256_and_si256(bits, m4);
+      __m256i qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+      if constexpr (Q5) {
+        ql = _mm256_or_si256(ql, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one), 4));
+        qh = _mm256_or_si256(qh, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one), 4));
+      }
+      const __m256i sl = _mm256_shuffle_epi8(scales, scale_one_shuffle(2 * j));
+      const __m256i sh = _mm256_shuffle_epi8(scales, scale_one_shuffle(2 * j + 1));
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q8 = y[r][b].qs + 64 * j;
+        const __m256i pl = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(ql, load256(q8)));
+        const __m256i ph = _mm256_madd_epi16(sh, _mm256_maddubs_epi16(qh, load256(q8 + 32)));
+        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y[r][b].d * xd), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(_mm256_add_ps(acc[r], _mm256_zextps128_ps256(accm[r])));
+}
+
+template <int R>
+void dotm_q6_K(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
+  const block_q6_K* x = (const block_q6_K*)w;
+  const block_q8_K* y[R];
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const float xd = f16(x[b].d);
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)x[b].scales));
+    const __m128i scl = _mm256_castsi256_si128(sc), sch = _mm256_extracti128_si256(sc, 1);
+    const __m256i scales[2] = {_mm256_set_m128i(scl, scl), _mm256_set_m128i(sch, sch)};
+    const uint8_t* ql = x[b].ql;
+    const uint8_t* qh = x[b].qh;
+    __m256i sumi[R];
+    for (int r = 0; r < R; ++r) sumi[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 2; ++j, ql += 64, qh += 32) {
+      const __m256i b1 = load256(ql), b2 = load256(ql + 32), bh = load256(qh);
+      __m256i q[4], s[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+      for (int k = 0; k < 4; ++k) s[k] = _mm256_shuffle_epi8(scales[j], scale_pair_shuffle(k));
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q8 = y[r][b].qs + 128 * j;
+        for (int k = 0; k < 4; ++k) {
+          const __m256i yv = load256(q8 + 32 * k);
+          const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], yv), _mm256_maddubs_epi16(m32, yv));
+          sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(s[k], p));
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y[r][b].d * xd), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(acc[r]);
+}
+
+// nr in [1, kMultiRows] rows through the fixed-R instantiations.
+template <template <int> class K>
+void dotm_dispatch(int64_t n, const void* w, const void* a, size_t as, int nr, float* out, int64_t os) {
+  switch (nr) {
+    case 4: K<4>::run(n, w, a, as, out, os); return;
+    case 3: K<3>::run(n, w, a, as, out, os); return;
+    case 2: K<2>::run(n, w, a, as, out, os); return;
+    default: K<1>::run(n, w, a, as, out, os); return;
+  }
+}
+template <int R> struct MQ8_0 { static constexpr auto run = dotm_q8_0<R>; };
+template <int R> struct MQ4_K { static constexpr auto run = dotm_qk_K<false, R>; };
+template <int R> struct MQ5_K { static constexpr auto run = dotm_qk_K<true, R>; };
+template <int R> struct MQ6_K { static constexpr auto run = dotm_q6_K<R>; };
+
+void fill_multi(VecDotTable& t) {
+  static_assert(kMultiRows == 4, "dotm_dispatch covers 1..4 rows");
+  t.multi[(int)GgmlType::Q8_0] = dotm_dispatch<MQ8_0>;
+  t.multi[(int)GgmlType::Q4_K] = dotm_dispatch<MQ4_K>;
+  t.multi[(int)GgmlType::Q5_K] = dotm_dispatch<MQ5_K>;
+  t.multi[(int)GgmlType::Q6_K] = dotm_dispatch<MQ6_K>;
+}
+
+}  // namespace
+}  // namespace kr
