@@ -185,21 +185,6 @@ class _Generator:
 
 # ---- Hugging Face copy
 
-_HF_ROLES = {
-    "attn_norm": "input_layernorm.weight", "ffn_norm": "post_attention_layernorm.weight",
-    "attn_q_a": "self_attn.q_a_proj.weight", "attn_q_a_norm": "self_attn.q_a_layernorm.weight",
-    "attn_q_b": "self_attn.q_b_proj.weight", "attn_q": "self_attn.q_proj.weight",
-    "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_norm": "self_attn.kv_a_layernorm.weight",
-    "attn_kv_b": "self_attn.kv_b_proj.weight", "attn_output": "self_attn.o_proj.weight",
-    "ffn_gate": "mlp.gate_proj.weight", "ffn_up": "mlp.up_proj.weight", "ffn_down": "mlp.down_proj.weight",
-    "ffn_gate_inp": "mlp.gate.weight", "exp_probs_b": "mlp.gate.e_score_correction_bias",
-    "ffn_gate_shexp": "mlp.shared_experts.gate_proj.weight", "ffn_up_shexp": "mlp.shared_experts.up_proj.weight",
-    "ffn_down_shexp": "mlp.shared_experts.down_proj.weight",
-}
-_HF_TOP = {names.TOKEN_EMBD: "model.embed_tokens.weight", names.OUTPUT: "lm_head.weight",
-           names.OUTPUT_NORM: "model.norm.weight"}
-
-
 def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The checkpoint tensors of DeepseekV3ForCausalLM (per-expert layout, as real checkpoints are)."""
     out: dict[str, tuple[int, ...]] = {}
@@ -207,13 +192,13 @@ def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         layer, role = names.parse_name(name)
         shape = tuple(reversed(ne))
         if layer is None:
-            out[_HF_TOP[name]] = shape
+            out[names.HF_TOP_NAMES[name]] = shape
         elif role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
             w = role.split("_")[1]
             for e in range(cfg.n_expert):
                 out[f"model.layers.{layer}.mlp.experts.{e}.{w}_proj.weight"] = shape[1:]
         else:
-            out[f"model.layers.{layer}.{_HF_ROLES[role]}"] = shape
+            out[f"model.layers.{layer}.{names.HF_BLOCK_NAMES[role]}"] = shape
     return out
 
 
@@ -253,7 +238,7 @@ class _SafetensorsStream:
 def _hf_write(st: _SafetensorsStream, cfg: ModelConfig, p: _Plan, a: int, w: np.ndarray) -> None:
     """Route one dequantized chunk (numpy shape, rows a..) to its HF tensor(s)."""
     if p.layer is None:
-        st.write(_HF_TOP[p.spec.name], a, w)
+        st.write(names.HF_TOP_NAMES[p.spec.name], a, w)
         return
     pre, role = f"model.layers.{p.layer}.", names.parse_name(p.spec.name)[1]
     if role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
@@ -269,7 +254,7 @@ def _hf_write(st: _SafetensorsStream, cfg: ModelConfig, p: _Plan, a: int, w: np.
         else:
             st.write(f"{pre}self_attn.kv_b_proj.weight", a * per + cfg.qk_nope_head_dim, w[0])
     else:
-        st.write(pre + _HF_ROLES[role], a, w if w.ndim > 1 else w.reshape(1, -1))
+        st.write(pre + names.HF_BLOCK_NAMES[role], a, w if w.ndim > 1 else w.reshape(1, -1))
 
 
 def write_hf_config(cfg: ModelConfig, hf_dir: Path, vocab: Mapping[str, Any]) -> None:

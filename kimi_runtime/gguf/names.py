@@ -131,3 +131,32 @@ def expected_shape(cfg: ModelConfig, name: str) -> Optional[tuple[int, ...]]:
     if not role or layer >= cfg.n_layer:
         return None
     return layer_shapes(cfg, layer, layout="all").get(name)
+
+
+# ---- Hugging Face (transformers DeepseekV3ForCausalLM) names of the same tensors
+
+HF_BLOCK_NAMES: dict[str, str] = {
+    "attn_norm": "input_layernorm.weight", "ffn_norm": "post_attention_layernorm.weight",
+    "attn_q_a": "self_attn.q_a_proj.weight", "attn_q_a_norm": "self_attn.q_a_layernorm.weight",
+    "attn_q_b": "self_attn.q_b_proj.weight", "attn_q": "self_attn.q_proj.weight",
+    "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_norm": "self_attn.kv_a_layernorm.weight",
+    "attn_kv_b": "self_attn.kv_b_proj.weight", "attn_output": "self_attn.o_proj.weight",
+    "ffn_gate": "mlp.gate_proj.weight", "ffn_up": "mlp.up_proj.weight", "ffn_down": "mlp.down_proj.weight",
+    "ffn_gate_inp": "mlp.gate.weight", "exp_probs_b": "mlp.gate.e_score_correction_bias",
+    "ffn_gate_shexp": "mlp.shared_experts.gate_proj.weight", "ffn_up_shexp": "mlp.shared_experts.up_proj.weight",
+    "ffn_down_shexp": "mlp.shared_experts.down_proj.weight",
+}
+"""Block role -> name after `model.layers.N.` (routed experts are per-expert in HF and not listed)."""
+
+HF_TOP_NAMES: dict[str, str] = {TOKEN_EMBD: "model.embed_tokens.weight", OUTPUT: "lm_head.weight",
+                                OUTPUT_NORM: "model.norm.weight"}
+
+
+def hf_name(name: str) -> Optional[str]:
+    """The transformers name of a llama.cpp tensor name, or None when HF has no single tensor for it."""
+    if name in HF_TOP_NAMES:
+        return HF_TOP_NAMES[name]
+    layer, role = parse_name(name)
+    if layer is None or role not in HF_BLOCK_NAMES:
+        return None
+    return f"model.layers.{layer}.{HF_BLOCK_NAMES[role]}"

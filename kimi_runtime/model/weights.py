@@ -14,6 +14,7 @@ from gguf import GGMLQuantizationType
 
 from kimi_runtime.config import ModelConfig
 from kimi_runtime.errors import GGUFError
+from kimi_runtime.gguf.names import hf_name
 from kimi_runtime.model.linear import FLOAT_TYPES, QLinear, float_from_raw
 
 EXPERT_KINDS = ("gate", "up", "down")
@@ -153,20 +154,6 @@ class GGUFSource(WeightSource):
 
 # ---- Hugging Face
 
-_HF_LAYER = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q_a": "self_attn.q_a_proj", "attn_q_a_norm": "self_attn.q_a_layernorm",
-    "attn_q_b": "self_attn.q_b_proj", "attn_q": "self_attn.q_proj",
-    "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa", "attn_kv_a_norm": "self_attn.kv_a_layernorm",
-    "attn_kv_b": "self_attn.kv_b_proj", "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    "ffn_gate_inp": "mlp.gate", "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
-    "ffn_up_shexp": "mlp.shared_experts.up_proj", "ffn_down_shexp": "mlp.shared_experts.down_proj",
-}
-_HF_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-              "output.weight": "lm_head.weight"}
-
-
 class HFSource(WeightSource):
     """A transformers DeepseekV3 directory. `split_kv_b` serves kv_b_proj as attn_k_b / attn_v_b
     (llama.cpp's newer layout) instead of the legacy attn_kv_b, to exercise both attention layouts."""
@@ -189,20 +176,10 @@ class HFSource(WeightSource):
                     self.tensors[k] = f.get_tensor(k).to(torch.float32)
 
     def _hf_name(self, name: str) -> Optional[str]:
-        if name in _HF_GLOBAL:
-            hf = _HF_GLOBAL[name]
-            if hf == "lm_head.weight" and hf not in self.tensors:
-                hf = "model.embed_tokens.weight"  # tied embeddings
-            return hf
-        m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
-        if not m:
-            return None
-        layer, key, kind = m.groups()
-        if key == "exp_probs_b" and kind == "bias":
-            return f"model.layers.{layer}.mlp.gate.e_score_correction_bias"
-        if key not in _HF_LAYER or kind != "weight":
-            return None
-        return f"model.layers.{layer}.{_HF_LAYER[key]}.weight"
+        hf = hf_name(name)
+        if hf == "lm_head.weight" and hf not in self.tensors:
+            hf = "model.embed_tokens.weight"  # tied embeddings
+        return hf
 
     def _split(self, name: str) -> Optional[torch.Tensor]:
         m = re.fullmatch(r"blk\.(\d+)\.attn_([kv])_b\.weight", name)
