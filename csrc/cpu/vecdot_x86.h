@@ -1,7 +1,7 @@
 // x86 SIMD dot kernels (float, 32-block and K-quant formats), written once and compiled twice: by
 // vecdot_avx2.cpp (maddubs+madd) and by vecdot_avx512.cpp with KR_VNNI=1 (vpdpbusd on 256-bit
-// lanes). Everything sits in an anonymous namespace so the two ISA builds never merge under the
-// ODR. Include only through vecdot_x86_iq.h from those two files.
+// lanes; Q2_K alone uses 512-bit registers there). Everything sits in an anonymous namespace so
+// the two ISA builds never merge under the ODR. Include only through vecdot_x86_iq.h from those two.
 #pragma once
 #include <immintrin.h>
 
@@ -227,6 +227,86 @@ inline __m256i scale_one_shuffle(int k) {
                           lo + 1, lo, lo + 1);
 }
 
+#if KR_VNNI
+// Q2_K on 512-bit registers: a register holds 64 consecutive weights (chunk k = weights 64k..64k+63),
+// so 128-bit lane t is exactly the 16-weight group 4k+t. Per block a pshufb table T turns (code | 4k)
+// into code * scale of the byte's group (<= 45 as u8), which makes the whole block one vpdpbusd
+// chain. On Zen 4 (512-bit ops double-pumped) a row runs at the speed of the 256-bit maddubs kernel;
+// the gain is the multi-row form, where only the four vpdpbusd repeat per activation row.
+
+// T lane t, byte 4k+m = m * scale(4k+t), from the low nibbles of the 16 scale bytes.
+inline __m512i q2k_table(const uint8_t* scales) {
+  const __m512i raw = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)scales));
+  // dword k of lane t: byte 4k+t repeated
+  const __m512i ctrl = _mm512_setr_epi32(0x00000000, 0x04040404, 0x08080808, 0x0c0c0c0c, 0x01010101, 0x05050505,
+                                         0x09090909, 0x0d0d0d0d, 0x02020202, 0x06060606, 0x0a0a0a0a, 0x0e0e0e0e,
+                                         0x03030303, 0x07070707, 0x0b0b0b0b, 0x0f0f0f0f);
+  const __m512i s = _mm512_shuffle_epi8(raw, ctrl);
+  // m * s = (m & 1 ? s : 0) + (m & 2 ? 2s : 0); 2*raw & 0x1e == 2 * (raw & 15).
+  return _mm512_add_epi8(_mm512_and_si512(s, _mm512_set1_epi32(0x0f000f00)),
+                         _mm512_and_si512(_mm512_add_epi8(s, s), _mm512_set1_epi32(0x1e1e0000)));
+}
+
+// The four scaled-code registers of a block (chunk k pairs codes j = 2(k%2), 2(k%2)+1 of half k/2).
+inline void q2k_decode(const block_q2_K& x, __m512i q[4]) {
+  const __m512i t = q2k_table(x.scales);
+  const __m512i m3 = _mm512_set1_epi8(3);
+  const __m512i cnt_lo = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m512i cnt_hi = _mm512_add_epi16(cnt_lo, _mm512_set1_epi16(4));
+  for (int h = 0; h < 2; ++h) {
+    const __m512i bq = _mm512_broadcast_i64x4(load256(x.qs + 32 * h));
+    // (bits >> 2j) & 3 | 4k in one ternlog: (A & B) | C = 0xEA.
+    const __m512i k0 = _mm512_set1_epi8((char)(8 * h)), k1 = _mm512_set1_epi8((char)(8 * h + 4));
+    const __m512i i0 = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(bq, cnt_lo), m3, k0, 0xEA);
+    const __m512i i1 = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(bq, cnt_hi), m3, k1, 0xEA);
+    q[2 * h] = _mm512_shuffle_epi8(t, i0);
+    q[2 * h + 1] = _mm512_shuffle_epi8(t, i1);
+  }
+}
+
+// (y.d * d, -y.d * dmin) in lanes 0, 1: both f16 fields converted from one 4-byte load.
+inline __m128 q2k_d_dmin(const block_q2_K& x, float yd) {
+  const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(&x.d)));
+  return _mm_mul_ps(dd, _mm_setr_ps(yd, -yd, 0.f, 0.f));
+}
+
+// dmin * sum_g min_g * bsum_g (dmin already carries -y.d).
+inline __m256 q2k_min_term(const block_q2_K& x, const block_q8_K& y, __m256 dmin, __m256 acc) {
+  const __m128i ms = _mm_loadu_si128((const __m128i*)x.scales);
+  const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(ms, 4), _mm_set1_epi8(15)));
+  const __m256i prod = _mm256_madd_epi16(mins, load256(y.bsums));
+  return _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod), acc);
+}
+
+// sum_j code_j * scale_j * y_j over the block, exact in int32 (16 products of <= 45 * 128 per lane).
+inline __m512i q2k_block_sum(const __m512i q[4], const int8_t* q8) {
+  __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], _mm512_loadu_si512(q8));
+  s = _mm512_dpbusd_epi32(s, q[1], _mm512_loadu_si512(q8 + 64));
+  s = _mm512_dpbusd_epi32(s, q[2], _mm512_loadu_si512(q8 + 128));
+  return _mm512_dpbusd_epi32(s, q[3], _mm512_loadu_si512(q8 + 192));
+}
+
+inline float q2k_finish(__m512 acc, __m256 accm) {
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(acc), hi);
+  return hsum(_mm256_add_ps(a, accm));
+}
+
+float dot_q2_K(int64_t n, const void* w, const void* a) {
+  const block_q2_K* x = (const block_q2_K*)w;
+  const block_q8_K* y = (const block_q8_K*)a;
+  __m512 acc = _mm512_setzero_ps();
+  __m256 accm = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const __m128 dd = q2k_d_dmin(x[b], y[b].d);
+    accm = q2k_min_term(x[b], y[b], _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), accm);
+    __m512i q[4];
+    q2k_decode(x[b], q);
+    acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(q2k_block_sum(q, y[b].qs)), acc);
+  }
+  return q2k_finish(acc, accm);
+}
+#else
 float dot_q2_K(int64_t n, const void* w, const void* a) {
   const block_q2_K* x = (const block_q2_K*)w;
   const block_q8_K* y = (const block_q8_K*)a;
@@ -263,6 +343,8 @@ float dot_q2_K(int64_t n, const void* w, const void* a) {
   }
   return hsum(acc);
 }
+
+#endif
 
 float dot_q3_K(int64_t n, const void* w, const void* a) {
   const block_q3_K* x = (const block_q3_K*)w;

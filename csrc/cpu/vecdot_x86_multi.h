@@ -137,6 +137,33 @@ void dotm_q6_K(int64_t n, const void* w, const void* a, size_t as, float* out, i
   for (int r = 0; r < R; ++r) out[r * os] = hsum(acc[r]);
 }
 
+#if KR_VNNI
+// Q2_K: the scaled codes (vecdot_x86.h q2k_decode) are built once per block; each row then costs
+// four vpdpbusd plus its min term, in the single-row kernel's order.
+template <int R>
+void dotm_q2_K(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
+  const block_q2_K* x = (const block_q2_K*)w;
+  const block_q8_K* y[R];
+  __m512 acc[R];
+  __m256 accm[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm512_setzero_ps();
+    accm[r] = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    __m512i q[4];
+    q2k_decode(x[b], q);
+    for (int r = 0; r < R; ++r) {
+      const __m128 dd = q2k_d_dmin(x[b], y[r][b].d);
+      accm[r] = q2k_min_term(x[b], y[r][b], _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), accm[r]);
+      acc[r] = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(q2k_block_sum(q, y[r][b].qs)), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r * os] = q2k_finish(acc[r], accm[r]);
+}
+#endif
+
 // nr in [1, kMultiRows] rows through the fixed-R instantiations.
 template <template <int> class K>
 void dotm_dispatch(int64_t n, const void* w, const void* a, size_t as, int nr, float* out, int64_t os) {
@@ -151,6 +178,9 @@ template <int R> struct MQ8_0 { static constexpr auto run = dotm_q8_0<R>; };
 template <int R> struct MQ4_K { static constexpr auto run = dotm_qk_K<false, R>; };
 template <int R> struct MQ5_K { static constexpr auto run = dotm_qk_K<true, R>; };
 template <int R> struct MQ6_K { static constexpr auto run = dotm_q6_K<R>; };
+#if KR_VNNI
+template <int R> struct MQ2_K { static constexpr auto run = dotm_q2_K<R>; };
+#endif
 
 void fill_multi(VecDotTable& t) {
   static_assert(kMultiRows == 4, "dotm_dispatch covers 1..4 rows");
@@ -158,6 +188,9 @@ void fill_multi(VecDotTable& t) {
   t.multi[(int)GgmlType::Q4_K] = dotm_dispatch<MQ4_K>;
   t.multi[(int)GgmlType::Q5_K] = dotm_dispatch<MQ5_K>;
   t.multi[(int)GgmlType::Q6_K] = dotm_dispatch<MQ6_K>;
+#if KR_VNNI
+  t.multi[(int)GgmlType::Q2_K] = dotm_dispatch<MQ2_K>;  // the AVX2 Q2_K kernel has no multi-row form yet
+#endif
 }
 
 }  // namespace
