@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -24,24 +25,12 @@ PRESET, RECIPE, SEED = "medium", "q4_k_m", 0
 
 
 def ensure_medium(path: Optional[str]) -> Path:
-    """The benchmark file: `path` if given, else the cached medium/q4_k_m model (written on first use)."""
+    """`path`, or the cached medium/q4_k_m model (shared with the demo's cache, written on first use)."""
     if path:
         return Path(path)
-    from kimi_runtime import synth
-    from kimi_runtime.commands.demo import cache_dir
+    from kimi_runtime.commands.demo import ensure_model
 
-    out = cache_dir() / "bench" / f"{PRESET}-{RECIPE}-seed{SEED}.gguf"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
-        print(f"writing {out} (once, ~1.9 GB)", flush=True)
-        try:
-            synth.write_synthetic(PRESET, tmp, recipe=RECIPE, seed=SEED, progress=True)
-            os.replace(tmp, out)  # an interrupted run leaves no half-written cache entry
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return out
+    return ensure_model(PRESET, SEED, sys.stderr, recipe=RECIPE)
 
 
 def _timed(fn: Callable[[], Any]) -> float:

@@ -23,21 +23,23 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "kimi-runtime"
 
 
-def synthetic_path(preset: str, seed: int) -> Path:
-    """One file per (preset, seed, generator version): a changed generator never reuses stale files."""
+def synthetic_path(preset: str, seed: int, recipe: str = "default") -> Path:
+    """One file per (preset, recipe, seed, generator version): a changed generator never reuses stale files."""
     from kimi_runtime import __version__, synth
 
     ver = getattr(synth, "SYNTH_VERSION", None) or getattr(synth, "__version__", None) or __version__
-    key = hashlib.sha256(f"{preset}|{seed}|{ver}".encode()).hexdigest()[:12]
+    tag = f"{preset}|{seed}|{ver}" if recipe == "default" else f"{preset}|{recipe}|{seed}|{ver}"
+    key = hashlib.sha256(tag.encode()).hexdigest()[:12]
     return cache_dir() / "synthetic" / f"{preset}-{key}.gguf"
 
 
-def ensure_model(preset: str, seed: int, err: Any = None) -> Path:
-    """The cached synthetic model, generated (with a progress bar) on first use."""
+def ensure_model(preset: str, seed: int, err: Any = None, recipe: str = "default") -> Path:
+    """The cached synthetic model, generated (with a progress bar) on first use. The demo and the
+    benchmarks share it."""
     from kimi_runtime import synth
 
     err = err or sys.stderr
-    path = synthetic_path(preset, seed)
+    path = synthetic_path(preset, seed, recipe)
     if path.exists():
         print(f"using the cached synthetic model {path}", file=err)
         return path
@@ -46,7 +48,7 @@ def ensure_model(preset: str, seed: int, err: Any = None) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     t0 = time.perf_counter()
     try:
-        synth.write_synthetic(preset, str(tmp), seed=seed, progress=True)
+        synth.write_synthetic(preset, str(tmp), recipe=recipe, seed=seed, progress=True)
         os.replace(tmp, path)  # atomic: an interrupted run leaves no half-written cache entry
     finally:
         if tmp.exists():
