@@ -12,7 +12,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from kimi_runtime import kernels
 from kimi_runtime.model.linear import HeadLinear
 
-from test_kernels_gemv import ISAS, dequant, random_weights, tolerance  # noqa: E402
+from test_kernels_gemv import ISAS, dequant, isa, random_weights, tolerance  # noqa: E402,F401 (isa: fixture)
 
 # Float, 32-block int8, 256-block int8 and a grid i-quant (whichever path this build gives it).
 FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_K, T.Q2_K, T.Q6_K, T.IQ4_XS, T.IQ2_XXS, T.IQ1_S]
@@ -25,13 +25,6 @@ def reference(raw: np.ndarray, qtype: T, heads: int, rows: int, cols: int, x: np
     """(float64 [H, n, rows] result, per-head dequantized weights [H, rows, cols])."""
     wd = dequant(raw, qtype, heads * rows, cols).reshape(heads, rows, cols)
     return np.einsum("hnc,hrc->hnr", x.astype(np.float64), wd), wd
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    kernels.set_isa(request.param)
-    yield request.param
-    kernels.set_isa("auto")
 
 
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)

@@ -14,7 +14,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from kimi_runtime import kernels
-from test_kernels_gemv import EPS32, ISAS, Q8A32, dequant, random_weights
+from test_kernels_gemv import EPS32, ISAS, Q8A32, dequant, isa, random_weights  # noqa: F401 (isa: fixture)
 
 N_EMBD, N_FF = 512, 256
 # (gate/up type, down type) per expert: Kimi-like dynamic mixes, one dequant-path format.
@@ -66,13 +66,6 @@ def reference(x, dense, sel, w):
             out[t] += w[t, j] * (D @ h)
             tol[t] += abs(w[t, j]) * bound_dot(D, h, dh, td)
     return out, tol + 1e-5 * EPS32 * np.abs(out).max()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    kernels.set_isa(request.param)
-    yield request.param
-    kernels.set_isa("auto")
 
 
 @pytest.mark.parametrize("n_tok", [1, 3, 6])

@@ -69,6 +69,19 @@ inline __m256i rows4(uint64_t r0, uint64_t r1, uint64_t r2, uint64_t r3) {
 }
 
 // 16 packed bytes -> 32 nibbles (elem j = lo nibble of byte j, j+16 = hi nibble), as u8.
+// Q6_K: 128 weights of one half-block as four vectors of unsigned 6-bit codes (0..63), from 64
+// low-nibble bytes (b1, b2) and 32 bytes of high 2-bit pairs (bh). Shared by the one- and multi-row kernels.
+inline void unpack_q6_K(__m256i b1, __m256i b2, __m256i bh, __m256i q[4]) {
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+  q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+  q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
+  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+}
+
 inline __m256i nibbles32(const uint8_t* p) {
   const __m128i t = _mm_loadu_si128((const __m128i*)p);
   return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
@@ -452,7 +465,7 @@ float dot_qk_K(int64_t n, const void* w, const void* a) {
 float dot_q6_K(int64_t n, const void* w, const void* a) {
   const block_q6_K* x = (const block_q6_K*)w;
   const block_q8_K* y = (const block_q8_K*)a;
-  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+  const __m256i m32 = _mm256_set1_epi8(32);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
     const float d = y[b].d * f16(x[b].d);
@@ -467,13 +480,7 @@ float dot_q6_K(int64_t n, const void* w, const void* a) {
     for (int j = 0; j < 2; ++j, ql += 64, qh += 32, q8 += 128) {
       const __m256i b1 = load256(ql), b2 = load256(ql + 32), bh = load256(qh);
       __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+      unpack_q6_K(b1, b2, bh, q);
       for (int k = 0; k < 4; ++k) {
         const __m256i yv = load256(q8 + 32 * k);
         __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], yv), _mm256_maddubs_epi16(m32, yv));

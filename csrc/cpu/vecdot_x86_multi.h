@@ -96,7 +96,7 @@ template <int R>
 void dotm_q6_K(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
   const block_q6_K* x = (const block_q6_K*)w;
   const block_q8_K* y[R];
-  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+  const __m256i m32 = _mm256_set1_epi8(32);
   __m256 acc[R];
   for (int r = 0; r < R; ++r) {
     y[r] = act_row<block_q8_K>(a, as, r);
@@ -114,13 +114,7 @@ void dotm_q6_K(int64_t n, const void* w, const void* a, size_t as, float* out, i
     for (int j = 0; j < 2; ++j, ql += 64, qh += 32) {
       const __m256i b1 = load256(ql), b2 = load256(ql + 32), bh = load256(qh);
       __m256i q[4], s[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+      unpack_q6_K(b1, b2, bh, q);
       for (int k = 0; k < 4; ++k) s[k] = _mm256_shuffle_epi8(scales[j], scale_pair_shuffle(k));
       for (int r = 0; r < R; ++r) {
         const int8_t* q8 = y[r][b].qs + 128 * j;
