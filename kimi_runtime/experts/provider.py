@@ -16,7 +16,7 @@ from kimi_runtime.experts.placement import Budget, Footprint, Placement, auto_fi
 from kimi_runtime.experts.prefetch import NextLayerPrefetcher
 from kimi_runtime.experts.scheduler import CostModel, ExpertScheduler, LayerPlan, measure_cost_model
 from kimi_runtime.model.linear import QLinear, kernels
-from kimi_runtime.model.moe import MLP, DirectExpertProvider
+from kimi_runtime.model.moe import MLP, DirectExpertProvider, expert_groups
 from kimi_runtime.model.weights import WeightSource
 
 # T = tokens, D = n_embd, K = experts per token
@@ -170,16 +170,8 @@ class CachedExpertProvider(DirectExpertProvider):
         try:
             self._prefetch_next(layer, x)
             out = torch.zeros_like(x)  # [T, D]
-            flat = ids.reshape(-1)
-            order = torch.argsort(flat, stable=True)
-            counts = torch.bincount(flat, minlength=self.cfg.n_expert).tolist()
-            K = ids.shape[1]
-            pos = 0
-            for e, n in enumerate(counts):
-                if n == 0:
-                    continue
-                sel = order[pos:pos + n]
-                pos += n
+            w = weights.reshape(-1)
+            for e, sel, tok in expert_groups(ids, self.cfg.n_expert):
                 if e in win_of and win_of[e] != cur:
                     if cur_slots:
                         cache.release(layer, windows[cur])
@@ -189,8 +181,7 @@ class CachedExpertProvider(DirectExpertProvider):
                         cache.prefetch(layer, windows[cur + 1])
                 slot = hit_slots.get(e, cur_slots.get(e))
                 mlp = self._slot_mlp(slot, layer, e) if slot is not None else self.expert(layer, e)
-                tok = sel // K
-                y = mlp(x[tok]) * weights.reshape(-1)[sel].unsqueeze(1)  # [n, D]
+                y = mlp(x[tok]) * w[sel].unsqueeze(1)  # [n, D]
                 out[tok] += y
             return out
         finally:

@@ -3,7 +3,7 @@ group-limited top-k, normalised, scaled), the shared expert, and the ExpertProvi
 the routed experts run (the direct provider here; a caching one lives in kimi_runtime/experts/)."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,21 @@ class Router:
         if cfg.norm_topk_prob:
             w = w / (w.sum(-1, keepdim=True) + 1e-20)
         return ids, w * cfg.routed_scaling_factor
+
+
+def expert_groups(ids: torch.Tensor, n_expert: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(expert, assignment indices into ids.reshape(-1), their token indices) for every selected expert,
+    in ascending expert order: each expert's weights are then used once for all its tokens."""
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=n_expert).tolist()  # CPU tensors: no device sync
+    K = ids.shape[1]
+    pos = 0
+    for e, n in enumerate(counts):
+        if n:
+            sel = order[pos:pos + n]
+            pos += n
+            yield e, sel, sel // K
 
 
 class DirectExpertProvider:
@@ -154,18 +169,9 @@ class DirectExpertProvider:
         if refs is not None:  # one native call for all tokens and experts
             return self._fused(refs, x, ids, weights)
         out = torch.zeros_like(x)  # [T, D]
-        flat = ids.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.cfg.n_expert).tolist()  # CPU tensors: no device sync
-        K = ids.shape[1]
-        pos = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            sel = order[pos:pos + n]
-            pos += n
-            tok = sel // K  # token index of each assignment
-            y = self.expert(layer, e)(x[tok]) * weights.reshape(-1)[sel].unsqueeze(1)  # [n, D]
+        w = weights.reshape(-1)
+        for e, sel, tok in expert_groups(ids, self.cfg.n_expert):
+            y = self.expert(layer, e)(x[tok]) * w[sel].unsqueeze(1)  # [n, D]
             out[tok] += y  # a token picks an expert at most once: no duplicate indices
         return out
 
