@@ -5,6 +5,7 @@ the shared expert fused in the same call), so the logits are identical; the next
 experts load while this layer computes."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -329,6 +330,7 @@ def build_expert_setup(src: WeightSource, *, cache_fraction: Optional[float] = N
                  f"admit {'on' if sched.admit else 'off'}, prefetch {'on' if pf else 'off'}")
     c = cost.as_dict()
     lines.append(f"cost model ({c['source']}, 1 token): CPU kernel {c['cpu_gbs']:.1f} GB/s from the file, load "
-                 f"{c['load_gbs']:.1f} GB/s, slot kernel {c['dev_gbs']:.1f} GB/s; fetching pays above "
-                 f"{c['breakeven_tokens']:.3g} tokens per expert")
+                 f"{c['load_gbs']:.1f} GB/s, slot kernel {c['dev_gbs']:.1f} GB/s; fetching pays "
+                 + (f"above {c['breakeven_tokens']:.3g} tokens per expert" if math.isfinite(c['breakeven_tokens'])
+                    else "never"))
     return ExpertSetup(provider, placement, lines)
