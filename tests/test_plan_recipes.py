@@ -48,3 +48,13 @@ def test_recipe_lookup() -> None:
     assert recipe_for("ud-q2_k_xl").name == "UD-Q2_K_XL"
     with pytest.raises(ValueError, match="known: UD-TQ1_0"):
         recipe_for("Q9_K")
+
+
+def test_parser_name_lists_match_their_sources() -> None:
+    # The parsers spell these out so that building them imports neither gguf nor numpy.
+    from kimi_runtime.commands import plan, synth
+    from kimi_runtime.synth_recipes import RECIPES as SYNTH_RECIPES
+
+    assert set(plan.KNOWN_NAMES) == set(KNOWN_MODELS)
+    assert tuple(plan.RECIPE_NAMES) == tuple(RECIPES)
+    assert set(synth.RECIPE_NAMES) == set(SYNTH_RECIPES)

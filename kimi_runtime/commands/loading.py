@@ -54,9 +54,17 @@ def warm_model(paths: Sequence[str], total: int, err: TextIO, ram: Optional[int]
                 f"pages load from disk on first use")
     from tqdm import tqdm
 
+    t0 = time.perf_counter()
+    shown = show_progress(total, err)
     with tqdm(total=total, unit="B", unit_scale=True, desc="reading", file=err, leave=False,
-              disable=not show_progress(total, err), mininterval=0.5) as bar:
-        warm_files(paths, bar.update)
+              disable=not shown, mininterval=0.5) as bar:
+        done = warm_files(paths, bar.update)
+    if shown:
+        from kimi_runtime.commands.units import fmt_bytes
+
+        dt = time.perf_counter() - t0
+        print(f"read {fmt_bytes(done)} into the page cache in {dt:.1f} s ({fmt_bytes(done / max(dt, 1e-9))}/s)",
+              file=err)
     return None
 
 
@@ -77,11 +85,11 @@ def load_generator(path: str, err: Optional[TextIO] = None, *, info: Any = None,
     from kimi_runtime.commands.common import available_ram, gpu_warning
 
     err = err or sys.stderr
-    t0 = time.perf_counter()
     if warm and info is not None:
         note = warm_model(info.paths or [path], info.file_bytes, err, available_ram())
         if note:
             print(note, file=err)
+    t0 = time.perf_counter()
     print(f"loading {path} ...", end="", file=err, flush=True)
     from kimi_runtime.generate import Generator
 

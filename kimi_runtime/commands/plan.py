@@ -13,16 +13,20 @@ GB = 1e9
 UNREACHABLE_SLACK = 0.005  # rounding of the replayed optimum
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from kimi_runtime.known_models import KNOWN_MODELS, RECIPES
+# Spelled out so that building the parser imports nothing heavy (tests check they match
+# known_models.KNOWN_MODELS / RECIPES).
+KNOWN_NAMES = ("kimi-k2", "kimi-k2-thinking", "kimi-k2.5", "deepseek-v3", "deepseek-r1")
+RECIPE_NAMES = ("UD-TQ1_0", "UD-IQ1_S", "UD-Q2_K_XL", "UD-Q4_K_XL")
 
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="placement and predicted decode speed for a model on a machine (headers only)",
                        description=__doc__)
     p.add_argument("model", nargs="?", help="GGUF file (first part of a split); or use --known")
     p.add_argument("-m", "--model", dest="model_file", default=None, metavar="FILE", help="the same, as in run")
-    p.add_argument("--known", choices=sorted(KNOWN_MODELS), help="plan a model without its file")
+    p.add_argument("--known", choices=KNOWN_NAMES, help="plan a model without its file")
     p.add_argument("--recipe", "--quant", dest="recipe", default=None, metavar="NAME",
-                   help=f"with --known: per-projection types, one of {', '.join(RECIPES)} (default UD-Q2_K_XL)")
+                   help=f"with --known: per-projection types, one of {', '.join(RECIPE_NAMES)} (default UD-Q2_K_XL)")
     p.add_argument("--expert-type", default=None,
                    help="with --known: one ggml type for every routed expert instead of a recipe (e.g. Q2_K)")
     p.add_argument("--gpu-budget", "--vram", dest="gpu_budget", default="24GiB",
