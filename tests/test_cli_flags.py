@@ -194,3 +194,14 @@ def test_chat_help_reset_and_turn_speed(tiny_gguf: str, capsys: pytest.CaptureFi
     assert "history: 0 messages" in after
     assert sum("/help (this list)" in l for l in lines) == 2  # the banner and /help
     assert "(system prompt set)" in lines and "unknown command" not in err
+
+
+def test_inspect_and_info(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from kimi_runtime import __version__
+
+    rc, _, err = _run(capsys, ["inspect", str(tmp_path)])
+    assert rc == 2 and "is a directory" in err and "mmap" not in err
+    rc, out, _ = _run(capsys, ["info"])
+    assert rc == 0 and json.loads(out)["version"] == __version__
