@@ -90,6 +90,10 @@ def test_kernel_rates_measure_once_then_cache(tmp_path, monkeypatch: pytest.Monk
     monkeypatch.setattr(plan_kernels, "measure", lambda *a, **k: pytest.fail("measured twice"))
     again = plan_kernels.kernel_rates(["Q4_K"], path=path)
     assert again.source == "cached" and again.gbs["Q4_K"] == r.gbs["Q4_K"]
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(plan_kernels, "measure", lambda fmt, mb: calls.append(fmt) or (1.0, 10.0))
+    assert plan_kernels.kernel_rates(["Q4_K"], path=path, refresh=True).gbs["Q4_K"] == 1.0 and calls == ["Q4_K"]
     path.write_text("{not json")
     monkeypatch.undo()
     assert plan_kernels.kernel_rates(["Q8_0"], mb=4, path=path).source == "measured"  # corrupt: re-measured

@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: on synthetic routing)")
     p.add_argument("--no-kernel-measure", action="store_true",
                    help="assume CPU kernels run at full RAM bandwidth (do not time them)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="time the CPU kernels again instead of reading the cached rates")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_kernel_measure:
         from kimi_runtime.commands.plan_kernels import kernel_rates
 
-        kr = kernel_rates(cpu_read_types(fp, placement))
+        kr = kernel_rates(cpu_read_types(fp, placement), refresh=args.remeasure)
     eff = kr.efficiency if kr is not None else None
     ceiling = hit_ceiling(placement.slot_fraction, cfg.n_expert, cfg.n_expert_used, args.routing_trace) \
         if placement.n_slots and placement.n_cacheable else None

@@ -103,8 +103,9 @@ def measure(fmt: str, mb: int = DEFAULT_MB, repeat: int = 3) -> tuple[float, flo
 
 
 def kernel_rates(formats: Iterable[str], *, mb: int = DEFAULT_MB, path: Optional[Path] = None,
-                 measure_missing: bool = True) -> KernelRates:
-    """Rates for `formats` from the cache, measuring (and caching) those it lacks."""
+                 measure_missing: bool = True, refresh: bool = False) -> KernelRates:
+    """Rates for `formats` from the cache, measuring (and caching) those it lacks (all of them with
+    `refresh`, e.g. after a measurement taken while the machine was busy)."""
     from kimi_runtime import kernels
 
     path = path or cache_path()
@@ -117,7 +118,7 @@ def kernel_rates(formats: Iterable[str], *, mb: int = DEFAULT_MB, path: Optional
     rates = KernelRates(key, source="cached")
     fresh = False
     for fmt in sorted(set(formats)):
-        entry = mine.get(fmt)
+        entry = None if refresh else mine.get(fmt)
         if not (isinstance(entry, dict) and "gbs" in entry and "read_gbs" in entry):
             if not measure_missing:
                 continue
