@@ -101,7 +101,6 @@ class ModelInfo:
     config: Any
     n_ctx: int
     kv_bytes: int
-    tokenizer_metadata: dict = field(default_factory=dict)
     template_source: Optional[str] = None  # from --chat-template-file
     paths: list = field(default_factory=list)  # every part of a split file
 
@@ -154,12 +153,11 @@ def preflight(args: argparse.Namespace) -> ModelInfo:
             raise KimiRuntimeError(f"{path}: architecture {m.architecture!r} is not supported (this runtime "
                                    f"runs deepseek2: DeepSeek-V3, R1 and Kimi K2)")
         cfg = m.config
-        md = dict(m.tokenizer_metadata)
         size = m.file_bytes or size
         paths = [str(p) for p in m.paths]
     n_ctx, kv = check_context(cfg, getattr(args, "ctx_size", None), available_ram())
     tmpl = getattr(args, "chat_template_file", None)
-    return ModelInfo(path, size, cfg, n_ctx, kv, md, read_template(tmpl) if tmpl else None, paths)
+    return ModelInfo(path, size, cfg, n_ctx, kv, read_template(tmpl) if tmpl else None, paths)
 
 
 def read_prompt(args: argparse.Namespace) -> str:

@@ -18,15 +18,6 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.3g} PB"  # pragma: no cover - the loop returns
 
 
-def fmt_gib(n: float) -> str:
-    """Binary units for memory budgets, where people think in GiB: '23.5 GiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}" if abs(n) < 100 else f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n:.0f} TiB"  # pragma: no cover
-
-
 def fmt_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "never"
