@@ -77,6 +77,12 @@ def kernel_path(qtype: QTypeLike) -> str:
     return str(C.gemv_kernel_path(qtype_info(qtype).id))
 
 
+def has_multirow(qtype: QTypeLike) -> bool:
+    """Whether batches of this weight type run a multi-row kernel (each weight block decoded once for
+    up to 4 activation rows) under the current ISA."""
+    return bool(C.gemv_kernel_multirow(qtype_info(qtype).id))
+
+
 def _weight_view(raw: Any) -> np.ndarray:
     """Flat uint8 view (no copy) of weight bytes: numpy/memmap, bytes-like or CPU torch tensor."""
     if type(raw).__module__.startswith("torch"):
