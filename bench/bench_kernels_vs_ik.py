@@ -1,7 +1,8 @@
 """Our fused quantized matmul vs ik_llama.cpp's (its wheel's libggml, `ggml_mul_mat` on the CPU) on the
 same weight bytes: a [rows, 7168] matrix of random valid blocks (>= --mb MiB, larger than L3) times
 N activation rows, per format, N = 1 (decode) and a few tokens (an expert's prompt rows), 1 thread by
-default, the two alternating, medians. Reports GB/s of weights streamed and ours / ik.
+default, the two alternating, medians. Reports GB/s of weights streamed, ours / ik, and each side's error against float64 (gguf-py's
+dequantization) on the first 64 rows: max |out - exact| / max |exact|.
 
     python bench/bench_kernels_vs_ik.py [--formats IQ1_S,IQ2_XXS] [--tokens 1,4,8] [--threads 1] [--mb 96]
 
@@ -49,8 +50,14 @@ class IkGgml:
         g.ggml_graph_compute_with_ctx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         g.ggml_graph_compute_with_ctx.restype = ctypes.c_int
         g.ggml_get_data.argtypes, g.ggml_get_data.restype = [ctypes.c_void_p], ctypes.c_void_p
+        g.ggml_type_name.argtypes, g.ggml_type_name.restype = [ctypes.c_int], ctypes.c_char_p
         self.g = g
         self.ctx: Optional[int] = None
+
+    def has(self, name: str) -> bool:
+        """ik's type ids follow ggml's up to IQ1_M but it has no TQ1_0 / TQ2_0 (ids 34/35 are unused)."""
+        got = self.g.ggml_type_name(int(T[name]))
+        return got is not None and got.decode().lower() == name.lower()
 
     def setup(self, raw: np.ndarray, qtype: int, rows: int, x: np.ndarray) -> None:
         self.close()
@@ -95,6 +102,14 @@ def make_matrix(name: str, mb: int, seed: int = 0) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(raw).reshape(-1), rows
 
 
+def dequant_rows(raw: np.ndarray, name: str, rows: int) -> np.ndarray:
+    from gguf import quants
+
+    bs, ts = GGML_QUANT_SIZES[T[name]]
+    rb = COLS // bs * ts
+    return quants.dequantize(raw[:rows * rb].reshape(rows, rb), T[name]).astype(np.float64).reshape(rows, COLS)
+
+
 def median_time(fn: Any, repeat: int) -> float:
     ts = []
     for _ in range(repeat):
@@ -128,8 +143,8 @@ def main() -> None:
     print(f"{args.threads} thread(s), read bandwidth {bw:.1f} GB/s, isa {kernels.isa()}; shared machine, "
           f"load avg {os.getloadavg()[0]:.1f}")
     rows_out = []
-    print("| format | tokens | ours GB/s | ik GB/s | ours / ik | max rel diff |")
-    print("|---|---|---|---|---|---|")
+    print("| format | tokens | ours GB/s | ik GB/s | ours / ik | ours err | ik err |")
+    print("|---|---|---|---|---|---|---|")
     for name in [f.strip() for f in args.formats.split(",") if f.strip()]:
         raw, rows = make_matrix(name, args.mb)
         for n in [int(t) for t in args.tokens.split(",")]:
@@ -137,21 +152,25 @@ def main() -> None:
             out = np.empty((n, rows), np.float32)
             ours = lambda: C.gemm(raw, int(T[name]), rows, COLS, x, out)  # noqa: E731
             ours()
-            t_ours, t_ik, diff = [], [], float("nan")
-            if ik is not None:
+            # error of both against float64 on the first 64 rows: max |out - exact| / max |exact|
+            exact = x.astype(np.float64) @ dequant_rows(raw, name, 64).T
+            err = lambda o: float(np.max(np.abs(o[:, :64] - exact)) / np.max(np.abs(exact)))  # noqa: E731
+            t_ours, t_ik, e_ik = [], [], float("nan")
+            use_ik = ik is not None and ik.has(name)
+            if use_ik:
                 ik.setup(raw, int(T[name]), rows, x)
                 ik.run(args.threads)
-                ref = ik.out()
-                diff = float(np.max(np.abs(out - ref)) / (np.max(np.abs(ref)) + 1e-30))
+                e_ik = err(ik.out())
             for _ in range(args.rounds):
                 t_ours.append(median_time(ours, args.repeat))
-                if ik is not None:
+                if use_ik:
                     t_ik.append(median_time(lambda: ik.run(args.threads), args.repeat))
             go = raw.nbytes / float(np.median(t_ours)) / 1e9
             gi = raw.nbytes / float(np.median(t_ik)) / 1e9 if t_ik else float("nan")
             rows_out.append({"format": name, "tokens": n, "ours_gbs": go, "ik_gbs": gi, "ratio": go / gi,
-                             "max_rel_diff": diff, "matrix_bytes": raw.nbytes})
-            print(f"| {name} | {n} | {go:.2f} | {gi:.2f} | {go / gi:.2f} | {diff:.1e} |", flush=True)
+                             "ours_err": err(out), "ik_err": e_ik, "matrix_bytes": raw.nbytes})
+            ikcol = f"{gi:.2f} | {go / gi:.2f}" if use_ik else "(no such type) | -"
+            print(f"| {name} | {n} | {go:.2f} | {ikcol} | {err(out):.1e} | {e_ik:.1e} |", flush=True)
         if ik is not None:
             ik.close()
     out_path = Path(args.out)

@@ -15,6 +15,13 @@ import numpy as np
 from kimi_runtime._native import C
 from kimi_runtime.quant import QTypeLike, dequantize, qtype_info, row_bytes
 
+_NEEDED = ("ExpertRef", "gemm", "gemm_heads", "gemv_best_isa", "gemv_isa", "gemv_kernel_path", "moe_ffn",
+           "num_threads", "set_gemv_isa", "set_num_threads")
+_missing = [n for n in _NEEDED if not hasattr(C, n)]
+if _missing:  # an extension built from older sources than this Python side
+    raise ImportError(f"kimi_runtime's native extension {getattr(C, '__file__', '_C')} is stale (no "
+                      f"{', '.join(_missing)}); rebuild it: `pip install -e .` or scripts/dev_build.sh")
+
 __all__ = [
     "gemv", "gemm", "gemm_heads", "matmul", "ExpertRef", "expert_ref", "moe_ffn",
     "set_num_threads", "num_threads", "set_isa", "isa", "best_isa", "kernel_path", "MAX_BATCH",
