@@ -49,6 +49,8 @@ class Engine:
                 raise ValueError("give either a provider or expert cache options, not both")
             provider = experts.provider
         self.model = DeepseekV3(src, provider, native=native, ubatch=ubatch)
+        if self.model.native is not None:  # the native step runs float sources on the pool as well
+            self._set_threads(src, threads, pool=True)
         self.config: ModelConfig = src.config
         self.trace_writer: Any = None
         if trace is not None:
@@ -77,11 +79,12 @@ class Engine:
         self._trace_finalizer = weakref.finalize(self, w.close)
 
     @staticmethod
-    def _set_threads(src: WeightSource, threads: Optional[int]) -> None:
-        """Quantized weights run on the native thread pool; torch's OpenMP pool spinning beside it on
-        the same cores made prefill ~10x slower (2-core box), so torch gets one thread then."""
+    def _set_threads(src: WeightSource, threads: Optional[int], pool: bool = False) -> None:
+        """Quantized weights (and the native step) run on the native thread pool; torch's OpenMP pool
+        spinning beside it on the same cores made prefill ~10x slower (2-core box), so torch gets one
+        thread then."""
         k = kernels()
-        quantized = isinstance(src, GGUFSource) and src.quantized
+        quantized = pool or (isinstance(src, GGUFSource) and src.quantized)
         if k is not None and quantized:
             if threads is not None:
                 k.set_num_threads(int(threads))
