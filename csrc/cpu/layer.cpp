@@ -46,25 +46,61 @@ void rms_norm_rows(const float* x, const float* w, int64_t T, int64_t n, int64_t
 }
 
 void linear_rows(const MatRef& m, const float* x, int64_t T, float* out, std::vector<uint8_t>& act) {
-  KR_CHECK(m.set(), "weight not bound");
-  const RowKernel k = row_kernel(m.type);
-  const int64_t cols = m.cols, rows = m.rows;
-  const size_t arb = act_row_bytes(k.act, cols);
-  if (act.size() < arb * (size_t)T) act.resize(arb * (size_t)T);
-  uint8_t* a = act.data();
-  if (T >= 4)
-    parallel_for((size_t)T, [&](size_t t, int) { quantize_act(k.act, x + (int64_t)t * cols, a + arb * t, cols); });
-  else
-    for (int64_t t = 0; t < T; ++t) quantize_act(k.act, x + t * cols, a + arb * (size_t)t, cols);
+  const MatRef* ms[1] = {&m};
+  float* outs[1] = {out};
+  linear_multi(ms, outs, 1, x, T, act);
+}
+
+void linear_multi(const MatRef* const* ms, float* const* outs, int nm, const float* x, int64_t T,
+                  std::vector<uint8_t>& act) {
+  KR_CHECK(nm >= 1 && nm <= 4, "1..4 matrices per call");
+  const int64_t cols = ms[0]->cols;
+  RowKernel k[4];
+  size_t off[3] = {0, 0, 0};
+  bool used[3] = {false, false, false};
+  size_t total = 0;
+  for (int j = 0; j < nm; ++j) {
+    KR_CHECK(ms[j]->set(), "weight not bound");
+    KR_CHECK(ms[j]->cols == cols, "matrices of one call must share their input width");
+    k[j] = row_kernel(ms[j]->type);
+    const int kind = (int)k[j].act;
+    if (!used[kind]) {
+      used[kind] = true;
+      off[kind] = total;
+      total += act_row_bytes(k[j].act, cols) * (size_t)T;
+    }
+  }
+  if (act.size() < total) act.resize(total);
+  // Each activation kind in use is prepared once for all matrices of the call.
+  for (int kind = 0; kind < 3; ++kind) {
+    if (!used[kind]) continue;
+    const ActKind ak = (ActKind)kind;
+    const size_t arb = act_row_bytes(ak, cols);
+    uint8_t* a = act.data() + off[kind];
+    if (T >= 4)
+      parallel_for((size_t)T, [&](size_t t, int) { quantize_act(ak, x + (int64_t)t * cols, a + arb * t, cols); });
+    else
+      for (int64_t t = 0; t < T; ++t) quantize_act(ak, x + t * cols, a + arb * (size_t)t, cols);
+  }
+  // One pool job over the row chunks of all matrices.
   const int nt = num_threads();
-  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, (rows + 4 * nt - 1) / (4 * nt)));
-  if (m.row_bytes * (size_t)rows * (size_t)T < (64u << 10)) chunk = rows;  // tiny: stay on this thread
-  const int64_t n_chunks = (rows + chunk - 1) / chunk;
-  parallel_for((size_t)n_chunks, [&](size_t c, int) {
-    const int64_t r0 = (int64_t)c * chunk, r1 = std::min(rows, r0 + chunk);
+  int64_t chunk[4], first[5] = {0, 0, 0, 0, 0};
+  for (int j = 0; j < nm; ++j) {
+    const int64_t rows = ms[j]->rows;
+    chunk[j] = std::max<int64_t>(1, std::min<int64_t>(64, (rows + 4 * nt - 1) / (4 * nt)));
+    if (ms[j]->row_bytes * (size_t)rows * (size_t)T < (64u << 10)) chunk[j] = rows;  // tiny: one task
+    first[j + 1] = first[j] + (rows + chunk[j] - 1) / chunk[j];
+  }
+  parallel_for((size_t)first[nm], [&](size_t task, int) {
+    int j = 0;
+    while ((int64_t)task >= first[j + 1]) ++j;
+    const MatRef& m = *ms[j];
+    const size_t arb = act_row_bytes(k[j].act, cols);
+    const uint8_t* a = act.data() + off[(int)k[j].act];
+    const int64_t r0 = ((int64_t)task - first[j]) * chunk[j], r1 = std::min(m.rows, r0 + chunk[j]);
     for (int64_t t0 = 0; t0 < T; t0 += kTokBlock) {
       const int64_t nb = std::min(kTokBlock, T - t0);
-      dot_rows(k, m.w, m.row_bytes, r0, r1, cols, a + arb * (size_t)t0, arb, nb, out + t0 * rows, rows);
+      dot_rows(k[j], m.w, m.row_bytes, r0, r1, cols, a + arb * (size_t)t0, arb, nb, outs[j] + t0 * m.rows, m.rows);
     }
   });
 }

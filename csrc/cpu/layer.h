@@ -112,6 +112,10 @@ class StepPlan {
 // out[T, rows] = x[T, cols] @ W^T through the row kernels, activations prepared into `act` (grown
 // once, reused); row chunks over the pool, tokens in blocks that stay in cache.
 void linear_rows(const MatRef& m, const float* x, int64_t T, float* out, std::vector<uint8_t>& act);
+// The same for up to 4 matrices sharing the input x (q_a and kv_a): each activation kind is prepared
+// once and all row chunks go to the pool as one job.
+void linear_multi(const MatRef* const* ms, float* const* outs, int nm, const float* x, int64_t T,
+                  std::vector<uint8_t>& act);
 
 // y = w * x / rms(x) per row of n values.
 void rms_norm_rows(const float* x, const float* w, int64_t T, int64_t n, int64_t x_stride, float* y,

@@ -40,14 +40,14 @@ void StepPlan::attention(int64_t i, int64_t T, int64_t start) {
   const int64_t D = c.n_embd, H = c.n_head, C = c.kv_lora_rank, R = c.rope, N = c.nope, V = c.v_dim,
                 QD = N + R, W = C + R;
   rms_norm_rows(h_.data(), L.attn_norm, T, D, D, x_.data(), D, c.eps);
+  // Both projections of the normed input in one pool job.
+  const MatRef* first[2] = {c.q_lora_rank > 0 ? &L.q_a : &L.q, &L.kv_a};
+  float* first_out[2] = {c.q_lora_rank > 0 ? qa_.data() : q_.data(), kv_tmp_.data()};
+  linear_multi(first, first_out, 2, x_.data(), T, act_);
   if (c.q_lora_rank > 0) {
-    linear(L.q_a, x_.data(), T, qa_.data());
     rms_norm_rows(qa_.data(), L.q_a_norm, T, c.q_lora_rank, c.q_lora_rank, qa_.data(), c.q_lora_rank, c.eps);
     linear(L.q_b, qa_.data(), T, q_.data());
-  } else {
-    linear(L.q, x_.data(), T, q_.data());
   }
-  linear(L.kv_a, x_.data(), T, kv_tmp_.data());
 
   // Cache rows of this layer: normalised latent then roped key.
   const size_t elt = kv_.f16 ? 2 : 4;

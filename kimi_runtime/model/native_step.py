@@ -11,6 +11,7 @@ experts it placed; a routing observer (traces) gets the routing of each layer th
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -109,6 +110,7 @@ class NativeStep:
         self.route_weights = torch.from_numpy(self.plan.route_weights)
         self._kv: Optional[KVCache] = None
         self._rope_rows = 0
+        self.native_seconds = 0.0  # wall time inside native calls (layers, output projection), for profiles
 
     def _keep_arr(self, t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
         if t is None:
@@ -181,7 +183,9 @@ class NativeStep:
             if per_layer:
                 self._layers_python_loop(n, start + a, observer)
             else:
+                t0 = time.perf_counter()
                 self.plan.layers(0, cfg.n_layer, n, start + a)
+                self.native_seconds += time.perf_counter() - t0
             if all_logits:
                 outs.append(self._logits(self.hidden[:n]))
         cache.length = start + T
@@ -191,7 +195,11 @@ class NativeStep:
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         m = self.model
-        return m.output(rms_norm(h, m.output_norm, self.config.rms_norm_eps))
+        x = rms_norm(h, m.output_norm, self.config.rms_norm_eps)
+        t0 = time.perf_counter()
+        out = m.output(x)
+        self.native_seconds += time.perf_counter() - t0
+        return out
 
     def _observer(self) -> Any:
         for b in self.model.blocks:
@@ -203,15 +211,23 @@ class NativeStep:
         """Per layer: native attention (+ router), the observer and the cache's decisions, native FFN."""
         p, prov = self.plan, self.model.provider
         positions = torch.arange(start, start + n) if observer is not None else None
+        clock = time.perf_counter
+
+        def ffn(i: int, experts: Any = None, ptrs: Any = None) -> None:
+            t0 = clock()
+            p.ffn(i, n, experts, ptrs)
+            self.native_seconds += clock() - t0
+
         for i, b in enumerate(self.model.blocks):
+            t0 = clock()
             p.attention(i, n, start)
+            self.native_seconds += clock() - t0
             if not isinstance(b.ffn, MoE):
-                p.ffn(i, n)
+                ffn(i)
                 continue
             if observer is not None:
                 observer(i, positions, self.route_ids[:n].to(torch.int64), self.route_weights[:n].clone())
             if self.cached:
-                prov.run_native(i, self.ffn_in[:n], self.route_ids[:n],
-                                lambda experts, ptrs, i=i: p.ffn(i, n, experts, ptrs))
+                prov.run_native(i, self.ffn_in[:n], self.route_ids[:n], lambda experts, ptrs, i=i: ffn(i, experts, ptrs))
             else:
-                p.ffn(i, n)
+                ffn(i)
