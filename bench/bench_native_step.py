@@ -12,6 +12,7 @@ import argparse
 import resource
 import statistics
 import sys
+import threading
 import time
 
 import torch
@@ -51,6 +52,35 @@ def _round(eng, ids: list[int], n_decode: int) -> dict[str, float]:
             "outside_share": (dec - inside) / dec if step is not None else float("nan")}
 
 
+def _rss_anon_gib() -> float:
+    """Anonymous resident memory (heap, scratch, KV cache; not the mmapped weight pages)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+class _PeakAnon:
+    """Samples RssAnon every 20 ms in a thread; .peak after stop()."""
+
+    def __init__(self) -> None:
+        self.peak = _rss_anon_gib()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_anon_gib())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_anon_gib())
+        return self.peak
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -68,15 +98,17 @@ def main(argv=None) -> int:
     if args.long:
         args.n_ctx = args.n_ctx or args.long + 8
         eng = _engine(args.model, modes[0], args)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        anon0 = _rss_anon_gib()
         ids = torch.randint(0, eng.config.n_vocab, (args.long,), generator=torch.Generator().manual_seed(0)).tolist()
+        peak = _PeakAnon()
         t0 = time.perf_counter()
         eng.prefill(ids)
         dt = time.perf_counter() - t0
+        anon = peak.stop()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"{modes[0]}: {args.long}-token prompt in {dt:.1f} s ({args.long / dt:.2f} tok/s), ubatch {args.ubatch}, "
-              f"cache {args.cache_type} ({eng.cache.nbytes / 2**20:.0f} MiB); peak RSS {rss:.2f} GiB "
-              f"(after load {rss0:.2f} GiB; includes mmapped weight pages touched)")
+              f"cache {args.cache_type} ({eng.cache.nbytes / 2**20:.0f} MiB); peak anonymous RSS {anon:.2f} GiB "
+              f"(after load {anon0:.2f} GiB); peak RSS {rss:.2f} GiB including the mmapped weight pages touched")
         return 0
     args.n_ctx = args.n_ctx or args.prompt + args.decode + 8
     engines = {m: _engine(args.model, m, args) for m in modes}

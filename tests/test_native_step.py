@@ -186,3 +186,32 @@ def test_native_off_switches(synth_model, monkeypatch) -> None:
         Engine(src, provider=Wrapped(src), native=True)
     monkeypatch.setenv("KR_NATIVE_STEP", "0")
     assert Engine.from_gguf(path, report=False).model.native is None
+
+
+@pytest.mark.parametrize("cache_type,tol", [("f32", 1e-5), ("f16", 1e-4)])
+def test_long_context_spans_softmax_chunks(synth_model, cache_type, tol) -> None:
+    """150 positions: several 64-position chunks of the online softmax, prompt split over micro-batches."""
+    path = synth_model("tiny", "f32").gguf
+    nat = Engine.from_gguf(path, native=True, cache_type=cache_type, ubatch=64, report=False)
+    ref = Engine.from_gguf(path, native=False, attn="absorbed", cache_type=cache_type, report=False)
+    ids = _ids(nat.config.n_vocab, 150, seed=4)
+    assert _rel(nat.logits(ids), ref.logits(ids)) < tol
+    assert _rel(_prefill_decode(nat, ids[:140], split=130), _prefill_decode(ref, ids[:140], split=130)) < tol
+
+
+def test_every_isa_gives_the_same_step(synth_model) -> None:
+    from kimi_runtime import kernels as K
+
+    path = synth_model("tiny", "f32").gguf
+    eng = Engine.from_gguf(path, cache_type="f16", report=False)
+    ids = _ids(eng.config.n_vocab, 80, seed=5)
+    isas = [i for i in ("scalar", "avx2", "avx512") if i == "scalar" or K.best_isa() in (i, "avx512")]
+    outs = {}
+    try:
+        for isa in isas:
+            K.set_isa(isa)
+            outs[isa] = eng.logits(ids)
+    finally:
+        K.set_isa("auto")
+    for isa in isas[1:]:
+        assert _rel(outs[isa], outs["scalar"]) < 1e-4, isa

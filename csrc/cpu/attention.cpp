@@ -39,7 +39,9 @@ void f16_row_scalar(const uint16_t* src, float* dst, int64_t n) {
 
 const AttnOps& ops() {
 #if defined(__x86_64__)
-  if (active_isa() != Isa::Scalar && cpu_features().has_avx2()) return attn_ops_avx2();
+  const Isa isa = active_isa();
+  if (isa == Isa::Avx512 && cpu_features().has_avx512()) return attn_ops_avx512();
+  if (isa != Isa::Scalar && cpu_features().has_avx2()) return attn_ops_avx2();
 #endif
   return attn_ops_scalar();
 }

@@ -24,7 +24,8 @@ size_t mla_scratch_floats(int64_t C, int64_t R);
 // tls: num_threads() x mla_scratch_floats(C, R) floats.
 void mla_attend(const MlaArgs& a, float* tls);
 
-// Row kernels behind mla_attend, per ISA (attention_avx2.cpp when the CPU has AVX2/FMA/F16C).
+// Row kernels behind mla_attend, per ISA (attention_avx2.cpp / attention_avx512.cpp after the
+// run-time CPU check, following the kernels' ISA choice).
 struct AttnOps {
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a x
@@ -32,5 +33,6 @@ struct AttnOps {
 };
 const AttnOps& attn_ops_scalar();
 const AttnOps& attn_ops_avx2();
+const AttnOps& attn_ops_avx512();
 
 }  // namespace kr
