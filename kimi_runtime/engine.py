@@ -12,23 +12,35 @@ import torch
 
 from kimi_runtime.config import ModelConfig
 from kimi_runtime.experts.provider import CachedExpertProvider, ExpertSetup, build_expert_setup, expert_bytes_by_layer
-from kimi_runtime.model.attention import KVCache
+from kimi_runtime.model.attention import CACHE_TYPES, KVCache
 from kimi_runtime.model.deepseek import DeepseekV3
 from kimi_runtime.model.linear import kernels
 from kimi_runtime.model.moe import ExpertProvider
+from kimi_runtime.model.native_step import DEFAULT_UBATCH
 from kimi_runtime.model.weights import GGUFSource, HFSource, WeightSource
 
 Ids = Union[Sequence[int], torch.Tensor]
 
 
 class Engine:
-    """attn: "auto" (naive for multi-token prefill, absorbed for decode), "naive" or "absorbed"."""
+    """attn: "auto" (the native step when it can run, else the Python layers: naive for multi-token
+    prefill, absorbed for decode), "naive" (Python reference, naive prefill) or "absorbed".
+    native: "auto", True (required) or False (the Python reference layers). cache_type: latent KV cache
+    in "f16" (default) or "f32" (exact). ubatch: tokens per micro-batch of a prompt."""
 
     def __init__(self, src: WeightSource, *, provider: Optional[ExpertProvider] = None,
                  n_ctx: Optional[int] = None, threads: Optional[int] = None, attn: str = "auto",
-                 experts: Optional[ExpertSetup] = None, trace: Optional[str] = None) -> None:
+                 experts: Optional[ExpertSetup] = None, trace: Optional[str] = None,
+                 cache_type: str = "f16", ubatch: int = DEFAULT_UBATCH,
+                 native: Union[bool, str] = "auto") -> None:
         if attn not in ("auto", "naive", "absorbed"):
             raise ValueError(f"attn must be auto, naive or absorbed (got {attn!r})")
+        if cache_type not in CACHE_TYPES:
+            raise ValueError(f"cache_type must be one of {', '.join(CACHE_TYPES)} (got {cache_type!r})")
+        if attn == "naive":
+            if native is True:
+                raise ValueError("the native step always uses absorbed attention: attn='naive' needs native=False")
+            native = False
         self.src = src
         self._set_threads(src, threads)
         self.experts = experts  # placement + cached provider (from_gguf), or None
@@ -36,7 +48,9 @@ class Engine:
             if provider is not None:
                 raise ValueError("give either a provider or expert cache options, not both")
             provider = experts.provider
-        self.model = DeepseekV3(src, provider)
+        self.model = DeepseekV3(src, provider, native=native, ubatch=ubatch)
+        if self.model.native is not None:  # the native step runs float sources on the pool as well
+            self._set_threads(src, threads, pool=True)
         self.config: ModelConfig = src.config
         self.trace_writer: Any = None
         if trace is not None:
@@ -45,7 +59,8 @@ class Engine:
         if self.n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive (got {self.n_ctx})")
         self.attn = attn
-        self.cache = KVCache(self.config, self.n_ctx)
+        self.cache_type = cache_type
+        self.cache = KVCache(self.config, self.n_ctx, cache_type)
         self._stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
 
     def _open_trace(self, path: str) -> None:
@@ -64,11 +79,12 @@ class Engine:
         self._trace_finalizer = weakref.finalize(self, w.close)
 
     @staticmethod
-    def _set_threads(src: WeightSource, threads: Optional[int]) -> None:
-        """Quantized weights run on the native thread pool; torch's OpenMP pool spinning beside it on
-        the same cores made prefill ~10x slower (2-core box), so torch gets one thread then."""
+    def _set_threads(src: WeightSource, threads: Optional[int], pool: bool = False) -> None:
+        """Quantized weights (and the native step) run on the native thread pool; torch's OpenMP pool
+        spinning beside it on the same cores made prefill ~10x slower (2-core box), so torch gets one
+        thread then."""
         k = kernels()
-        quantized = isinstance(src, GGUFSource) and src.quantized
+        quantized = pool or (isinstance(src, GGUFSource) and src.quantized)
         if k is not None and quantized:
             if threads is not None:
                 k.set_num_threads(int(threads))
@@ -192,6 +208,8 @@ class Engine:
             s[f"{k}_tok_s"] = s[f"{k}_tokens"] / s[f"{k}_s"] if s[f"{k}_s"] > 0 else 0.0
         s["n_past"] = self.cache.length
         s["kv_cache_bytes"] = self.cache.nbytes
+        s["cache_type"] = self.cache_type
+        s["native_step"] = self.model.native is not None
         if self.experts is not None:
             s.update(self.experts.stats())
         return s

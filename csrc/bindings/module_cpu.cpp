@@ -10,6 +10,7 @@ void register_quant(py::module_& m);  // quant_bind.cpp: type table, dequantize,
 void register_gemv(py::module_& m);   // gemv_bind.cpp: fused dequant-dot gemv/gemm, MoE FFN
 void register_cache(py::module_& m);  // cache_bind.cpp: expert store, slot pool, expert cache
 void register_heads(py::module_& m);  // heads_bind.cpp: batched-heads gemm (MLA k_b / v_b)
+void register_layer(py::module_& m);  // layer_bind.cpp: the native layer step (StepPlan)
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "kimi_runtime native core (CPU)";
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_C, m) {
   register_gemv(m);
   register_cache(m);
   register_heads(m);
+  register_layer(m);
 }

@@ -14,7 +14,6 @@ from kimi_runtime.errors import KimiRuntimeError
 
 GGUF_MAGIC = b"GGUF"
 HEADER_BYTES = 24  # magic, version, tensor count, metadata count
-KV_BYTES_PER_VALUE = 4  # the engine's KV cache is float32 (model/attention.py KVCache)
 
 
 class UsageError(KimiRuntimeError):
@@ -87,9 +86,11 @@ def available_ram() -> Optional[int]:
         return None
 
 
-def kv_cache_bytes(cfg: Any, n_ctx: int) -> int:
-    """The engine's KV cache: n_layer x n_ctx x (kv_lora + rope) float32 values."""
-    return int(cfg.n_layer) * int(n_ctx) * int(cfg.kv_cache_dim) * KV_BYTES_PER_VALUE
+def kv_cache_bytes(cfg: Any, n_ctx: int, cache_type: str = "f16") -> int:
+    """The engine's latent KV cache (model/attention.py kv_cache_bytes, without importing torch)."""
+    from kimi_runtime.config import kv_cache_bytes as kv
+
+    return kv(cfg, n_ctx, cache_type)
 
 
 @dataclass
@@ -111,16 +112,17 @@ def _human(n: float) -> str:
     return fmt_bytes(n)
 
 
-def check_context(cfg: Any, ctx: Optional[int], ram: Optional[int]) -> tuple[int, int]:
+def check_context(cfg: Any, ctx: Optional[int], ram: Optional[int],
+                  cache_type: str = "f16") -> tuple[int, int]:
     """The context to allocate (default: the model's, at most 4096) and its KV-cache bytes; refuses a
     -c above the model's trained maximum or one whose cache would not fit in available RAM."""
     max_ctx = int(cfg.context_length)
     if ctx is not None and ctx > max_ctx:
         raise UsageError(f"-c {ctx} exceeds this model's maximum context of {max_ctx:,} tokens")
     n_ctx = int(ctx or min(max_ctx, 4096))
-    kv = kv_cache_bytes(cfg, n_ctx)
+    kv = kv_cache_bytes(cfg, n_ctx, cache_type)
     if ram is not None and kv > ram:
-        per_tok = kv_cache_bytes(cfg, 1)
+        per_tok = kv_cache_bytes(cfg, 1, cache_type)
         raise UsageError(f"-c {n_ctx}: the KV cache would take {_human(kv)} but {_human(ram)} of RAM is "
                          f"available; at most about {ram // per_tok:,} tokens fit")
     return n_ctx, kv
@@ -155,7 +157,8 @@ def preflight(args: argparse.Namespace) -> ModelInfo:
         cfg = m.config
         size = m.file_bytes or size
         paths = [str(p) for p in m.paths]
-    n_ctx, kv = check_context(cfg, getattr(args, "ctx_size", None), available_ram())
+    n_ctx, kv = check_context(cfg, getattr(args, "ctx_size", None), available_ram(),
+                             getattr(args, "cache_type", None) or "f16")
     tmpl = getattr(args, "chat_template_file", None)
     return ModelInfo(path, size, cfg, n_ctx, kv, read_template(tmpl) if tmpl else None, paths)
 

@@ -27,6 +27,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="accepted for llama.cpp compatibility: templates are always rendered with Jinja")
     p.add_argument("--no-warm", action="store_true",
                    help="do not read the file into the page cache before loading")
+    p.add_argument("--cache-type", choices=("f16", "f32"), default="f16",
+                   help="latent KV cache type (f32: exact, twice the memory)")
+    p.add_argument("-ub", "--ubatch-size", type=positive_int, default=512, metavar="N",
+                   help="prompt tokens per micro-batch (bounds the transient memory)")
     # Also accepted after the subcommand; SUPPRESS keeps the top-level flag's value otherwise.
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="timing breakdown and tracebacks")
@@ -104,6 +108,12 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["n_ctx"] = args.ctx_size
     if getattr(args, "threads", None):
         kw["threads"] = args.threads
+    if getattr(args, "cache_type", None):
+        kw["cache_type"] = args.cache_type
+    if getattr(args, "ubatch_size", None):
+        if args.ubatch_size < 1:
+            raise SystemExit("error: --ubatch-size must be >= 1")
+        kw["ubatch"] = args.ubatch_size
     for name in ("cache_fraction", "cache_slots", "gpu_budget", "ram_budget", "trace"):
         if getattr(args, name, None) is not None:
             kw[name] = getattr(args, name)

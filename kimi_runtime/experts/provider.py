@@ -89,7 +89,41 @@ class CachedExpertProvider(DirectExpertProvider):
 
     def _run(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
              shared_ref: Any) -> torch.Tensor:
-        counts = torch.bincount(ids.reshape(-1), minlength=self.cfg.n_expert).tolist()
+        plan, fused = self._schedule(layer, ids)
+        if fused:
+            out = self._run_fused(layer, x, ids, weights, plan, shared_ref)
+        else:
+            out = self._run_grouped(layer, x, ids, weights, plan)
+        if plan.admit:
+            self.cache.prefetch(layer, plan.admit)  # off the critical path: for later steps
+        return out
+
+    def run_native(self, layer: int, x: torch.Tensor, ids: torch.Tensor,
+                   ffn: Callable[[np.ndarray, np.ndarray], None]) -> None:
+        """The native layer step's FFN half under the cache: the same scheduling as the fused path, then
+        ffn(slot_experts int32 [n], slot_ptrs uint64 [n, 3]) with the slot addresses (gate, up, down) of
+        the experts placed in slots (the rest run from the file), with those slots pinned meanwhile."""
+        plan, fused = self._schedule(layer, ids)
+        if not fused:
+            raise ValueError("the native step needs quantized experts")
+        slotted = plan.slotted
+        slots = self.cache.acquire(layer, slotted) if slotted else []
+        try:
+            self._prefetch_next(layer, x)
+            ptrs = np.zeros((len(slotted), 3), dtype=np.uint64)
+            for j, (e, slot) in enumerate(zip(slotted, slots)):
+                lay, base = self.cache.layout(layer, e), self.cache.slot_address(slot)
+                ptrs[j] = (base + lay.gate, base + lay.up, base + lay.down)
+            ffn(np.asarray(slotted, dtype=np.int32), ptrs)
+        finally:
+            if slotted:
+                self.cache.release(layer, slotted)
+        if plan.admit:
+            self.cache.prefetch(layer, plan.admit)
+
+    def _schedule(self, layer: int, ids: torch.Tensor) -> tuple[LayerPlan, bool]:
+        """The scheduler's plan for this batch's experts of `layer`, and whether the fused kernel runs."""
+        counts = torch.bincount(ids.reshape(-1).to(torch.int64), minlength=self.cfg.n_expert).tolist()
         need = {e: n for e, n in enumerate(counts) if n}
         expected: frozenset[int] = frozenset()
         if self.prefetcher is not None:
@@ -109,14 +143,7 @@ class CachedExpertProvider(DirectExpertProvider):
         room = free - len(resident)
         if not fused and room > 0:
             room = len(need)  # grouped runs cycle fetches through the free slots in windows
-        plan = sched.plan(layer, need, resident.__contains__, room)
-        if fused:
-            out = self._run_fused(layer, x, ids, weights, plan, shared_ref)
-        else:
-            out = self._run_grouped(layer, x, ids, weights, plan)
-        if plan.admit:
-            cache.prefetch(layer, plan.admit)  # off the critical path: for later steps
-        return out
+        return sched.plan(layer, need, resident.__contains__, room), fused
 
     def _prefetch_next(self, layer: int, x: torch.Tensor) -> None:
         """Queue the next layer's guessed experts; called once this layer's experts are pinned."""
