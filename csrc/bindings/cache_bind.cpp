@@ -67,7 +67,8 @@ kr::Fault parse_fault(const std::string& f) {
   if (f == "eio") return kr::Fault::Eio;
   if (f == "eof") return kr::Fault::Eof;
   if (f == "short") return kr::Fault::Short;
-  kr::fail("fault must be 'none', 'eio', 'eof' or 'short', got '" + f + "'");
+  if (f == "slow") return kr::Fault::Slow;
+  kr::fail("fault must be 'none', 'eio', 'eof', 'short' or 'slow', got '" + f + "'");
 }
 
 // The whole pages inside a buffer (madvise and mlock work on pages; rounding inwards never
@@ -134,7 +135,7 @@ void register_cache(py::module_& m) {
              s.inject_fault(parse_fault(kind), skip, count);
            },
            py::arg("kind"), py::arg("skip") = 0, py::arg("count") = 1,
-           "Tests: after `skip` good reads, fail the next `count` ('eio', 'eof', 'short'; 'none' off).")
+           "Tests: after `skip` good reads, fail the next `count` ('eio', 'eof', 'short', 'slow'; 'none' off).")
       .def("part_size", &ExpertStore::part_size, py::arg("part"))
       .def("has", &ExpertStore::has, py::arg("layer"), py::arg("expert"))
       .def("expert_bytes", &ExpertStore::expert_bytes, py::arg("layer"), py::arg("expert"))
@@ -211,6 +212,11 @@ void register_cache(py::module_& m) {
       .def("acquire", &ExpertCache::acquire, py::arg("layer"), py::arg("ids"),
            py::call_guard<py::gil_scoped_release>(),
            "Pin the experts (loading misses) and return their slots, in the order of ids.")
+      .def("acquire_nowait", &ExpertCache::acquire_nowait, py::arg("layer"), py::arg("ids"),
+           py::call_guard<py::gil_scoped_release>(),
+           "Pin the experts and queue the misses without waiting; then wait_loaded(layer, slots).")
+      .def("wait_loaded", &ExpertCache::wait_loaded, py::arg("layer"), py::arg("slots"),
+           py::call_guard<py::gil_scoped_release>())
       .def("release", &ExpertCache::release, py::arg("layer"), py::arg("ids"),
            py::call_guard<py::gil_scoped_release>())
       .def("prefetch", &ExpertCache::prefetch, py::arg("layer"), py::arg("ids"),

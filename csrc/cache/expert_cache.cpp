@@ -160,6 +160,12 @@ void ExpertCache::unpin(int s) {
 }
 
 std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
+  std::vector<int> slots = acquire_nowait(layer, ids);
+  wait_loaded(layer, slots);
+  return slots;
+}
+
+std::vector<int> ExpertCache::acquire_nowait(int layer, const std::vector<int>& ids) {
   check_ids(layer, ids);
   std::vector<int> uniq;
   uniq.reserve(ids.size());
@@ -241,7 +247,16 @@ std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
     if (!up.empty()) upstream_->prefetch(layer, up);
     lk.lock();
   }
+  return out;
+}
 
+void ExpertCache::wait_loaded(int layer, const std::vector<int>& out) {
+  KR_CHECK(layer >= 0 && layer < store_->n_layers(), "ExpertCache.wait_loaded: layer out of range");
+  std::unique_lock<std::mutex> lk(mu_);
+  for (int s : out)
+    KR_CHECK(s >= 0 && s < (int)slots_.size() && slots_[s].pins > 0,
+             "ExpertCache.wait_loaded: slot " + std::to_string(s) + " is not pinned");
+  CacheStats& st = stats_[layer];
   auto all_loaded = [&] {
     for (int s : out)
       if (slots_[s].state == State::Loading) return false;
@@ -260,7 +275,6 @@ std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
     state_cv_.notify_all();
     throw std::runtime_error("ExpertCache.acquire: load failed: " + err);
   }
-  return out;
 }
 
 void ExpertCache::release(int layer, const std::vector<int>& ids) {

@@ -58,6 +58,11 @@ class ExpertCache {
   // Blocks only on loads; waits for other callers to release slots up to the timeout, then
   // raises. More distinct experts than slots is an immediate error.
   std::vector<int> acquire(int layer, const std::vector<int>& ids);
+  // acquire in two halves, so a caller can queue more work (the next layer's prefetch) between
+  // them: the first pins and queues the misses, the second waits for the loads of those slots.
+  // A failed load unpins every slot of the call and raises, as acquire does.
+  std::vector<int> acquire_nowait(int layer, const std::vector<int>& ids);
+  void wait_loaded(int layer, const std::vector<int>& slots);
   // Undoes acquire (same ids, same multiplicity); slots whose pin count drops to 0 become evictable.
   void release(int layer, const std::vector<int>& ids);
   // Queues loads of non-resident experts and returns at once; never evicts pinned or loading

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -172,9 +174,10 @@ ssize_t ExpertStore::sys_pread(int fd, uint8_t* dst, uint64_t n, uint64_t off, b
       return -1;
     }
     if (kind == (int)Fault::Eof) return 0;
+    if (kind == (int)Fault::Slow) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     // Short: a partial read, as a signal or a device may give (whole blocks for O_DIRECT).
     uint64_t half = direct ? (n / 2) & ~(kAlign - 1) : n / 2;
-    if (half > 0) {
+    if (kind == (int)Fault::Short && half > 0) {
       ssize_t got = ::pread(fd, dst, half, (off_t)off);
       if (got > 0) bytes_read_ += (uint64_t)got;
       return got;

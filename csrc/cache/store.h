@@ -28,7 +28,8 @@ enum class ReadMode { Mmap, Pread, Direct };
 // Fault injection for tests, compiled in always and off by default: after `skip` successful
 // reads the next `count` reads fail. Eio: -1/EIO. Eof: 0 bytes (a file truncated under us).
 // Short: half the asked bytes, a legal partial read the loop must absorb (data stays correct).
-enum class Fault { None, Eio, Eof, Short };
+// Slow: the read succeeds after 100 ms (a busy disk; for timing tests).
+enum class Fault { None, Eio, Eof, Short, Slow };
 
 class ExpertStore {
  public:
