@@ -34,6 +34,12 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-slots", type=int, default=None, metavar="N", help="expert cache of N slots")
     g.add_argument("--gpu-budget", default=None, help="device memory budget, e.g. 24GiB (auto-fit)")
     g.add_argument("--ram-budget", default=None, help="host memory budget, e.g. 256GiB (auto-fit)")
+    g.add_argument("--mlock", action="store_true", help="lock the non-expert weights in RAM")
+    g.add_argument("--expert-reads", choices=("auto", "mmap", "pread", "direct"), default="auto",
+                   help="how expert slots are filled; auto: O_DIRECT reads (the disk tier) when "
+                        "--ram-budget holds fewer slots than experts")
+    g.add_argument("--readers", type=int, default=None, metavar="N",
+                   help="reader threads filling expert slots (default 4 on the disk tier, else 1)")
     g.add_argument("--cache-policy", choices=("lru", "lfu"), default="lru")
     g.add_argument("--prefetch", action="store_true",
                    help="prefetch layer l+1's experts guessed by its router on layer l's hidden state")
@@ -84,9 +90,13 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kw[name] = getattr(args, name)
     if getattr(args, "override_tensor", None):
         kw["overrides"] = list(args.override_tensor)
-    for name in ("cpu_moe", "prefetch"):
+    for name in ("cpu_moe", "prefetch", "mlock"):
         if getattr(args, name, False):
             kw[name] = True
+    if getattr(args, "expert_reads", "auto") != "auto":
+        kw["expert_reads"] = args.expert_reads
+    if getattr(args, "readers", None):
+        kw["n_readers"] = args.readers
     if getattr(args, "n_cpu_moe", 0):
         kw["n_cpu_moe"] = args.n_cpu_moe
     if hasattr(args, "cache_policy"):
