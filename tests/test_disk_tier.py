@@ -265,3 +265,21 @@ def test_tier_chain_disk_ram_device(parts, staging):
     with pytest.raises(ValueError, match="same store"):
         other = open_store(paths, N_LAYERS, N_EXPERTS, ranges, mode="direct")
         ExpertCache(other, 2, upstream=ram)
+
+
+def test_wrong_guesses_not_started_are_cancelled(parts):
+    paths, ranges = parts
+    store = open_store(paths, N_LAYERS, N_EXPERTS, ranges, mode="direct")
+    cache = ExpertCache(store, 8, n_readers=1)
+    store.inject_fault("slow", skip=0, count=3)  # the first guess keeps the only reader busy
+    assert cache.prefetch(1, [1, 2, 3, 4]) == 4
+    time.sleep(0.05)
+    slots = cache.acquire_nowait(1, [2, 5], cancel_stale=True)  # 2 was guessed right, 3 and 4 wrong
+    cache.wait_loaded(1, slots)
+    _check_all(cache, paths, ranges, 1, [2, 5], slots)
+    cache.release(1, [2, 5])
+    cache.wait_idle()
+    s = cache.stats(1)
+    assert s["prefetch_cancelled"] == 2 and s["loads"] == 3  # 1 (already reading), 2, 5
+    assert not cache.contains(1, 3) and not cache.contains(1, 4) and cache.contains(1, 1)
+    assert cache.pinned_slots == 0

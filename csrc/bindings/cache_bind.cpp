@@ -42,6 +42,7 @@ py::dict stats_dict(const CacheStats& s) {
   d["prefetch_hits"] = s.prefetch_hits;
   d["prefetches"] = s.prefetches;
   d["prefetch_dropped"] = s.prefetch_dropped;
+  d["prefetch_cancelled"] = s.prefetch_cancelled;
   d["loads"] = s.loads;
   d["bytes_loaded"] = s.bytes_loaded;
   d["evictions"] = s.evictions;
@@ -213,6 +214,7 @@ void register_cache(py::module_& m) {
            py::call_guard<py::gil_scoped_release>(),
            "Pin the experts (loading misses) and return their slots, in the order of ids.")
       .def("acquire_nowait", &ExpertCache::acquire_nowait, py::arg("layer"), py::arg("ids"),
+           py::arg("cancel_stale") = false,
            py::call_guard<py::gil_scoped_release>(),
            "Pin the experts and queue the misses without waiting; then wait_loaded(layer, slots).")
       .def("wait_loaded", &ExpertCache::wait_loaded, py::arg("layer"), py::arg("slots"),

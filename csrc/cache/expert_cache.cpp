@@ -25,6 +25,7 @@ void CacheStats::add(const CacheStats& o) {
   stall_seconds += o.stall_seconds;
   read_seconds += o.read_seconds;
   read_errors += o.read_errors;
+  prefetch_cancelled += o.prefetch_cancelled;
 }
 
 ExpertCache::ExpertCache(std::shared_ptr<ExpertStore> store, std::shared_ptr<SlotPool> pool,
@@ -160,12 +161,13 @@ void ExpertCache::unpin(int s) {
 }
 
 std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
-  std::vector<int> slots = acquire_nowait(layer, ids);
+  std::vector<int> slots = acquire_nowait(layer, ids, false);
   wait_loaded(layer, slots);
   return slots;
 }
 
-std::vector<int> ExpertCache::acquire_nowait(int layer, const std::vector<int>& ids) {
+std::vector<int> ExpertCache::acquire_nowait(int layer, const std::vector<int>& ids,
+                                             bool cancel_stale) {
   check_ids(layer, ids);
   std::vector<int> uniq;
   uniq.reserve(ids.size());
@@ -177,6 +179,23 @@ std::vector<int> ExpertCache::acquire_nowait(int layer, const std::vector<int>& 
                std::to_string(slots_.size()) + " slots");
 
   std::unique_lock<std::mutex> lk(mu_);
+  if (cancel_stale) {
+    // Guesses for this layer that its real routing did not pick and no reader has started: reading
+    // them now would only delay this call's misses on a busy disk.
+    CacheStats& st = stats_[layer];
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      Slot& sl = slots_[it->slot];
+      if (it->layer == layer && sl.prefetched && sl.pins == 0 &&
+          std::find(uniq.begin(), uniq.end(), it->expert) == uniq.end()) {
+        loading_--;
+        st.prefetch_cancelled++;
+        free_slot(it->slot);
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
   auto deadline = std::chrono::steady_clock::now() + timeout_;
   size_t need = 0;
   // Misses must fit in free + evictable slots, not counting evictable slots this call will pin.

@@ -33,6 +33,7 @@ struct CacheStats {
   uint64_t prefetch_hits = 0;  // hits on slots a prefetch loaded and no acquire had used yet
   uint64_t prefetches = 0;     // loads started by prefetch
   uint64_t prefetch_dropped = 0;  // prefetches skipped: every slot pinned or loading
+  uint64_t prefetch_cancelled = 0;  // queued prefetches dropped by acquire_nowait(cancel_stale)
   uint64_t loads = 0;          // loads finished (demand + prefetch)
   uint64_t bytes_loaded = 0;
   uint64_t evictions = 0;      // residents of this layer pushed out
@@ -60,8 +61,9 @@ class ExpertCache {
   std::vector<int> acquire(int layer, const std::vector<int>& ids);
   // acquire in two halves, so a caller can queue more work (the next layer's prefetch) between
   // them: the first pins and queues the misses, the second waits for the loads of those slots.
-  // A failed load unpins every slot of the call and raises, as acquire does.
-  std::vector<int> acquire_nowait(int layer, const std::vector<int>& ids);
+  // A failed load unpins every slot of the call and raises, as acquire does. cancel_stale: drop the
+  // prefetches of this layer for other experts that no reader has started (wrong guesses).
+  std::vector<int> acquire_nowait(int layer, const std::vector<int>& ids, bool cancel_stale = false);
   void wait_loaded(int layer, const std::vector<int>& slots);
   // Undoes acquire (same ids, same multiplicity); slots whose pin count drops to 0 become evictable.
   void release(int layer, const std::vector<int>& ids);

@@ -105,9 +105,10 @@ class ExpertCache:
         """Pin the experts (loading misses, waiting on loads in flight); slots in the order of ids."""
         return self._c.acquire(layer, _ids(ids))
 
-    def acquire_nowait(self, layer: int, ids: Iterable[int]) -> list[int]:
-        """Pin and queue the misses without waiting; `wait_loaded(layer, slots)` before reading them."""
-        return self._c.acquire_nowait(layer, _ids(ids))
+    def acquire_nowait(self, layer: int, ids: Iterable[int], cancel_stale: bool = False) -> list[int]:
+        """Pin and queue the misses without waiting; `wait_loaded(layer, slots)` before reading them.
+        cancel_stale: drop this layer's queued prefetches of other experts (guesses proved wrong)."""
+        return self._c.acquire_nowait(layer, _ids(ids), cancel_stale)
 
     def wait_loaded(self, layer: int, slots: Sequence[int]) -> None:
         """Wait for the loads of slots from acquire_nowait; a failed load unpins them all and raises."""
@@ -149,7 +150,7 @@ class ExpertCache:
 
     def stats(self, layer: Optional[int] = None) -> dict[str, Any]:
         """hits, misses, accesses, prefetch_hits, prefetches, prefetch_dropped, loads, bytes_loaded,
-        evictions, stall_seconds, read_seconds, read_errors: for one layer, or summed over all layers."""
+        evictions, stall_seconds, read_seconds, read_errors, prefetch_cancelled: for one layer, or summed."""
         return self._c.stats(layer)
 
     def reset_stats(self) -> None:

@@ -143,7 +143,7 @@ class CachedExpertProvider(DirectExpertProvider):
         """Pin ids (queueing their loads), queue the next layer's guesses, then wait for the loads:
         the next layer's reads line up behind this layer's misses while this layer waits and computes.
         A failed load leaves nothing pinned and raises."""
-        slots = self.cache.acquire_nowait(layer, ids) if ids else []
+        slots = self.cache.acquire_nowait(layer, ids, cancel_stale=True) if ids else []
         if x is not None:
             self._prefetch_next(layer, x)
         if ids:

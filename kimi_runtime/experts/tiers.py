@@ -151,7 +151,8 @@ def tier_stats(cache: Any, budget: Optional[int] = None) -> dict[str, dict[str, 
         slot = int(t.pool.slot_bytes)
         out[name] = {"hits": s["hits"], "misses": s["misses"], "bytes": s["bytes_loaded"],
                      "stall_seconds": s["stall_seconds"], "prefetch_hits": s["prefetch_hits"],
-                     "prefetches": s["prefetches"], "evictions": s["evictions"], "slots": t.capacity,
+                     "prefetches": s["prefetches"], "prefetch_cancelled": s["prefetch_cancelled"],
+                     "evictions": s["evictions"], "slots": t.capacity,
                      "slot_bytes": slot, "pool_bytes": t.capacity * ((slot + 63) // 64 * 64),
                      "readers": t.n_readers}
     if budget is not None and "ram" in out:
