@@ -79,7 +79,9 @@ def run_child(kind: str, args: argparse.Namespace, groups: Optional[dict[str, st
     note = drop_caches()
     cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--tokens", str(args.tokens),
            "--prompt", str(args.prompt), "--threads", str(args.threads), "--ram-budget", args.ram_budget,
-           "--seq-bytes", args.seq_bytes, "--seed", str(args.seed)]
+           "--seq-bytes", args.seq_bytes, "--seed", str(args.seed), "--readers", str(args.readers)]
+    if args.no_prefetch:
+        cmd.append("--no-prefetch")
     if groups:
         cmd += ["--join", groups["memory"], groups["blkio"]]
     t0 = time.perf_counter()
@@ -137,12 +139,38 @@ def child_seq_read(args: argparse.Namespace) -> dict[str, Any]:
     return {"bytes": done, "seconds": dt, "bytes_per_s": done / dt}
 
 
+def child_stream(args: argparse.Namespace) -> dict[str, Any]:
+    """The RAM tier's readers alone: prefetch 64 experts spread over the file into 64 slots and wait,
+    for 1, 4 and 8 readers (different experts each time): MB/s the tier streams at."""
+    from kimi_runtime.experts.cache import ExpertCache, store_from_model
+    from kimi_runtime.model.weights import GGUFSource
+
+    model = GGUFSource(args.model).model
+    layers = list(model.config.moe_layers)
+    keys = [(l, e) for l in layers for e in range(model.config.n_expert)]
+    out = {}
+    for i, readers in enumerate((1, 4, 8)):
+        store = store_from_model(model, mode="direct")
+        cache = ExpertCache(store, 64, n_readers=readers)
+        pick = keys[i::3][::max(1, len(keys) // 3 // 64)][:64]
+        t0 = time.perf_counter()
+        for l, e in pick:
+            cache.prefetch(l, [e])
+        cache.wait_idle()
+        dt = time.perf_counter() - t0
+        out[str(readers)] = {"bytes": store.bytes_read, "seconds": dt, "bytes_per_s": store.bytes_read / dt,
+                             "direct": store.direct_active}
+        del cache, store
+    return {"engine": "ram tier readers", "by_readers": out}
+
+
 def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     from kimi_runtime.engine import Engine
 
     lines: list[str] = []
     t0 = time.perf_counter()
-    eng = Engine.from_gguf(args.model, ram_budget=args.ram_budget, prefetch=True, threads=args.threads,
+    eng = Engine.from_gguf(args.model, ram_budget=args.ram_budget, prefetch=not args.no_prefetch,
+                           n_readers=args.readers, threads=args.threads,
                            n_ctx=args.prompt + args.tokens + 8, report=lines.append)
     load_s = time.perf_counter() - t0
     ids = token_ids(eng.config.n_vocab, args.prompt + args.tokens, args.seed)
@@ -193,7 +221,7 @@ def child_llama(args: argparse.Namespace) -> dict[str, Any]:
 def child_main(args: argparse.Namespace) -> None:
     if args.join:
         join(args.join)
-    fn = {"seqread": child_seq_read, "ours": child_ours, "llama": child_llama}[args.child]
+    fn = {"seqread": child_seq_read, "stream": child_stream, "ours": child_ours, "llama": child_llama}[args.child]
     before = _io_read_bytes()
     res = fn(args)
     res["process_read_bytes"] = _io_read_bytes() - before
@@ -221,9 +249,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seq-bytes", default="2GiB", help="bytes of the sequential bandwidth read")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--readers", type=int, default=4, help="our reader threads")
+    ap.add_argument("--no-prefetch", action="store_true", help="ours without the next-layer prefetcher")
+    ap.add_argument("--only", default=None, help="comma list of runs (seqread,stream,ours,llama)")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--skip-unlimited", action="store_true", help="skip the logits check run without limits")
-    ap.add_argument("--child", choices=("seqread", "ours", "llama"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("seqread", "stream", "ours", "llama"), help=argparse.SUPPRESS)
     ap.add_argument("--join", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -239,12 +270,15 @@ def main() -> None:
     groups = setup_cgroups(mem, int(args.read_bps), dev)
     meta = {"model": args.model, "file_bytes": size, "mem_limit": mem, "read_bps_throttle": int(args.read_bps),
             "device": dev, "tokens": args.tokens, "prompt": args.prompt, "threads": args.threads,
-            "ram_budget": args.ram_budget, "host": platform.node(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "ram_budget": args.ram_budget, "readers": args.readers, "prefetch": not args.no_prefetch,
+            "host": platform.node(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"file {size / 1e9:.1f} GB in a {mem / 2**30:.2f} GiB memory cgroup, reads throttled to "
           f"{args.read_bps / 1e6:.0f} MB/s on {dev}", file=sys.stderr)
     runs: list[dict[str, Any]] = []
     try:
-        order = ["seqread", "ours"] + ([] if args.skip_llama else ["llama"])
+        order = ["seqread", "stream", "ours"] + ([] if args.skip_llama else ["llama"])
+        if args.only:
+            order = [k for k in order if k in args.only.split(",")]
         for kind in order:
             print(f"running {kind} (limited) ...", file=sys.stderr, flush=True)
             runs.append(run_child(kind, args, groups))
@@ -263,6 +297,7 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     ours = next((r for r in runs if r["kind"] == "ours" and r["limited"]), None)
     free = next((r for r in runs if r["kind"] == "ours" and not r["limited"]), None)
     llama = next((r for r in runs if r["kind"] == "llama"), None)
+    stream = next((r for r in runs if r["kind"] == "stream"), None)
     out = dict(meta)
     out["disk_bw_bytes_per_s"] = bw
     print(f"\n{meta['file_bytes'] / 1e9:.1f} GB K2-shaped file, {meta['mem_limit'] / 2**30:.2f} GiB cgroup, reads "
@@ -283,6 +318,11 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         r["disk_share"] = share
         print(f"| {r['engine']} | {r['tok_s']:.3f} | {per_tok / 1e6:.0f} | {100 * share:.0f}% | "
               f"{r['peak_rss_bytes'] / 2**30:.2f} | {r.get('cgroup_peak_bytes', 0) / 2**30:.2f} |")
+    if stream and "by_readers" in stream and bw:
+        parts = [f"{k} readers {v['bytes_per_s'] / 1e6:.0f} MB/s ({100 * v['bytes_per_s'] / bw:.0f}%)"
+                 for k, v in stream["by_readers"].items()]
+        out["stream_share"] = {k: v["bytes_per_s"] / bw for k, v in stream["by_readers"].items()}
+        print("RAM tier streaming (O_DIRECT, 64 experts): " + ", ".join(parts))
     if ours and llama and "tok_s" in ours and "tok_s" in llama:
         out["speedup_vs_llama"] = ours["tok_s"] / llama["tok_s"]
         print(f"ours / llama.cpp decode: {out['speedup_vs_llama']:.2f}x")

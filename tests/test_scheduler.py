@@ -178,3 +178,11 @@ def test_disk_model_predicts_tok_s_larger_than_ram() -> None:
     assert compute_bps_from_run(fp, 2.0) == 2.0 * (fp.non_expert_bytes_per_token() + fp.expert_bytes_per_token)
     with pytest.raises(PlacementError):
         predict_disk_decode(fp, 100 << 20, 400e6, compute_bps=20e9)
+
+
+def test_cold_read_rate_of_a_model(tiny_gguf) -> None:
+    from kimi_runtime.experts.disk_model import cold_read_rate
+    from kimi_runtime.model.weights import GGUFSource
+
+    r = cold_read_rate(GGUFSource(tiny_gguf).model, n_readers=2, n_ranges=4, range_bytes=64 << 10)
+    assert r["n_ranges"] == 4 and r["bytes_per_s"] > 0 and r["direct"]

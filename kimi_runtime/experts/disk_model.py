@@ -67,3 +67,28 @@ def predict_disk_decode(fp: Footprint, ram_budget: int, disk_bps: float, *, comp
 def compute_bps_from_run(fp: Footprint, decode_tok_s: float) -> float:
     """Weight bytes per second a decode run consumed: bytes touched per token x tok/s."""
     return (fp.non_expert_bytes_per_token() + fp.expert_bytes_per_token) * float(decode_tok_s)
+
+
+def cold_read_rate(model: Any, *, n_readers: int = 4, n_ranges: int = 16, range_bytes: int = 4 << 20) -> dict[str, Any]:
+    """The file's cold read rate for `predict_disk_decode` (bytes_per_s, ...): O_DIRECT reads of
+    n_ranges pieces spread over the expert tensors of an open GGUF model (headers + mapping only, no
+    native store), by n_readers threads (scheduler.measure_disk_read)."""
+    from kimi_runtime.experts.scheduler import measure_disk_read  # noqa: PLC0415
+    from kimi_runtime.gguf.names import EXPERT_ROLES, parse_name  # noqa: PLC0415
+
+    ts = [t for t in model.tensors.values() if parse_name(t.name)[1] in EXPERT_ROLES]
+    if not ts:
+        raise ValueError("the model has no routed-expert tensors to read")
+    total = sum(int(t.nbytes) for t in ts)
+    step = total / n_ranges
+    ranges, seen = [], 0
+    k = 0
+    for t in ts:
+        while k < n_ranges and (k + 0.5) * step < seen + t.nbytes:
+            off = int((k + 0.5) * step - seen)
+            n = min(range_bytes, int(t.nbytes) - off)
+            if n > 0:
+                ranges.append((str(model.paths[t.part]), int(t.offset) + off, n))
+            k += 1
+        seen += int(t.nbytes)
+    return measure_disk_read(ranges, n_readers=n_readers, max_bytes=n_ranges * range_bytes + (1 << 20))
