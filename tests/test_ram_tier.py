@@ -142,3 +142,30 @@ def test_peak_rss_stays_inside_the_budget(wide_gguf):
     assert res["mode"] == "direct" and res["slots"] > 0
     assert res["peak"] <= res["budget"], res
     assert res["budget"] - res["base"] < res["experts"]  # the test means something: experts > budget
+
+
+def test_prompt_reads_each_expert_once_and_trace_has_tiers(small_gguf, tmp_path):
+    from kimi_runtime.experts.trace import load_trace
+
+    trace = tmp_path / "t.npz"
+    eng = Engine.from_gguf(small_gguf, cache_slots=6, expert_reads="direct", report=False, trace=str(trace))
+    eng.prefill(IDS)  # 9 tokens in one batch (windows of 3 slots), then the last alone
+    p = eng.provider
+    for layer in eng.config.moe_layers:
+        c, s = p.cache.stats(layer), p.scheduler.stats(layer)
+        assert s["cpu_misses"] == 0
+        # one read per expert missed in a batch (the next window's are prefetched while one computes)
+        assert c["loads"] == s["fetched"] == c["misses"] + c["prefetches"] and c["prefetch_cancelled"] == 0
+    st = eng.stats()["tiers"]
+    assert st["disk"]["reads"] == 3 * st["disk"]["hits"]  # gate, up, down: one pread each
+    eng.decode(3)
+    eng.close()
+    meta = load_trace(trace).meta
+    assert meta["tiers"]["ram"]["slots"] == 6 and meta["tiers"]["disk"]["mode"] == "direct"
+
+
+def test_decode_prefetch_overlaps(small_gguf):
+    eng = Engine.from_gguf(small_gguf, cache_slots=12, expert_reads="direct", prefetch=True, report=False)
+    _run(eng, steps=tuple(range(3, 15)))
+    ram = eng.stats()["tiers"]["ram"]
+    assert ram["prefetches"] > 0 and ram["prefetch_hits"] > 0  # guessed experts read during compute
