@@ -56,6 +56,12 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
                    "is GiB (auto-fit)")
     g.add_argument("--ram-budget", default=None, help="host memory budget, e.g. 256GiB; a bare number "
                    "is GiB (auto-fit)")
+    g.add_argument("--mlock", action="store_true", help="lock the non-expert weights in RAM")
+    g.add_argument("--expert-reads", choices=("auto", "mmap", "pread", "direct"), default="auto",
+                   help="how expert slots are filled; auto: O_DIRECT reads (the disk tier) when "
+                        "--ram-budget holds fewer slots than experts")
+    g.add_argument("--readers", type=int, default=None, metavar="N",
+                   help="reader threads filling expert slots (default 4 on the disk tier, else 1)")
     g.add_argument("--cache-policy", choices=("lru", "lfu"), default="lru")
     g.add_argument("--prefetch", action="store_true",
                    help="prefetch layer l+1's experts guessed by its router on layer l's hidden state")
@@ -119,9 +125,13 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kw[name] = getattr(args, name)
     if getattr(args, "override_tensor", None):
         kw["overrides"] = list(args.override_tensor)
-    for name in ("cpu_moe", "prefetch"):
+    for name in ("cpu_moe", "prefetch", "mlock"):
         if getattr(args, name, False):
             kw[name] = True
+    if getattr(args, "expert_reads", "auto") != "auto":
+        kw["expert_reads"] = args.expert_reads
+    if getattr(args, "readers", None):
+        kw["n_readers"] = args.readers
     if getattr(args, "n_cpu_moe", 0):
         kw["n_cpu_moe"] = args.n_cpu_moe
     if hasattr(args, "cache_policy"):
@@ -135,7 +145,15 @@ def load_from_args(args: argparse.Namespace, err: Optional[TextIO] = None) -> An
     info = preflight(args)
     return load_generator(args.model, err, info=info, special=getattr(args, "special", False),
                           n_gpu_layers=getattr(args, "n_gpu_layers", None),
-                          warm=not getattr(args, "no_warm", False), **engine_kwargs(args))
+                          warm=_warm(args), **engine_kwargs(args))
+
+
+def _warm(args: argparse.Namespace) -> bool:
+    """Read the file into the page cache first, except where the user asked for the disk tier (a RAM
+    budget or direct reads): there the page cache must not hold the experts a second time."""
+    if getattr(args, "no_warm", False) or getattr(args, "ram_budget", None):
+        return False
+    return getattr(args, "expert_reads", "auto") not in ("direct", "pread")
 
 
 def stream_events(events: Any, out: TextIO, show_thinking: bool = True) -> Any:
