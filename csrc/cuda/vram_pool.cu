@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "cache/store.h"
@@ -138,6 +139,20 @@ struct CudaPool {
 
 void register_cuda_devpool(py::module_& m) {
   using kr::cuda::CudaPool;
+  m.def("read_device", [](uintptr_t ptr, size_t n, uintptr_t stream) {
+        // Test probe: n bytes at a device address, read in `stream` order (after its earlier work).
+        KR_CHECK(ptr != 0, "null device pointer");
+        std::string out(n, '\0');
+        {
+          py::gil_scoped_release nogil;
+          kr::cuda::DeviceGuard g(-1, reinterpret_cast<const void*>(ptr));
+          const cudaStream_t s = kr::cuda::as_stream(stream);
+          kr::cuda::check_cuda(cudaMemcpyAsync(&out[0], reinterpret_cast<const void*>(ptr), n,
+                                               cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync D2H");
+          kr::cuda::check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+        }
+        return py::bytes(out);
+      }, py::arg("ptr"), py::arg("n"), py::arg("stream") = 0);
   py::class_<CudaPool>(m, "VramSlotPool",
                        "Expert slots in VRAM: pinned staging ring, copy stream, ready / last-use events.")
       .def(py::init([](std::shared_ptr<kr::ExpertStore> store, int n_slots, int device, int n_staging,

@@ -1,22 +1,18 @@
-"""The hybrid MoE layer: experts resident in VRAM slots run on the GPU (grouped MoE kernel over slot
-pointers) while the rest run on the CPU from the mmapped file (kernels.moe_ffn) at the same time; the
-lane split (lanes.split_lanes) picks which misses are worth uploading this micro-batch. The GPU work
-is enqueued first (asynchronous), the CPU lane runs on the host meanwhile, and the two partial sums
-meet on the GPU. Next-layer prefetch fills slots while this layer computes.
-
-Needs a GPU: it is compiled and its decisions are tested (test_gpu_lanes.py), the layer itself runs
-only in the requires_cuda tests / scripts/gpu_check.sh."""
+"""The hybrid MoE provider: experts in device slots run on the GPU (the grouped MoE kernel over slot
+pointers) while the others run on the CPU from the mmapped file (kernels.moe_ffn) at the same time.
+Per layer the lane split (lanes.split_lanes) decides which misses are worth uploading for this
+micro-batch (each selected expert once, whatever its token count); the GPU lane is enqueued first
+(asynchronous on CUDA), the CPU lane runs meanwhile, and the partial sums meet on the device. The next
+layer's likely experts (its router on this layer's input) are prefetched into slots."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from kimi_runtime import kernels
-from kimi_runtime.gpu import ops
-from kimi_runtime.gpu.lanes import LaneRates, needs_from_routing, split_lanes
-from kimi_runtime.gpu.status import require_cuda
+from kimi_runtime.gpu.lanes import LaneRates, needs_from_routing, predict_next_layer, split_lanes
 
 
 @dataclass
@@ -27,102 +23,91 @@ class HybridStats:
     uploads: int = 0
     prefetches: int = 0
     predicted_s: float = 0.0
-    per_layer: list = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
-class HybridMoE:
-    """One object for all MoE layers of a model.
+class HybridProvider:
+    """ExpertProvider (model.moe) over a backend (CudaBackend / EmuBackend), an ExpertStore and n_slots
+    device slots (0: every expert on the CPU). `types`: layer -> (gate, up, down) ggml type ids."""
 
-    store: C.ExpertStore over the GGUF parts (gate|up|down per (layer, expert));
-    types: per layer, the (gate, up, down) ggml type ids; n_embd, n_ff: expert shape;
-    n_slots: VRAM slots (0 = CPU only); rates: LaneRates (measured by gpu_check / bench)."""
-
-    def __init__(self, store, types: Sequence[Sequence[int]], n_embd: int, n_ff: int, n_slots: int,
-                 rates: LaneRates, device: Optional[int] = None, n_staging: int = 4, n_readers: int = 2) -> None:
-        from kimi_runtime._native import C_cuda
-
-        self.device = require_cuda(device)
-        self.store, self.types, self.n_embd, self.n_ff, self.rates = store, types, n_embd, n_ff, rates
-        self.pool = C_cuda.VramSlotPool(store, n_slots, self.device, n_staging, n_readers) if n_slots > 0 else None
+    def __init__(self, backend, store, types: dict, n_embd: int, n_ff: int, n_expert_used: int, n_slots: int,
+                 rates: LaneRates, prefetch: bool = True, n_staging: int = 4, n_readers: int = 2) -> None:
+        self.backend, self.store, self.types = backend, store, types
+        self.n_embd, self.n_ff, self.k, self.rates = n_embd, n_ff, n_expert_used, rates
+        self.pool = backend.make_pool(store, n_slots, n_staging, n_readers) if n_slots > 0 else None
+        self.prefetch = prefetch
+        self.routers: dict[int, Any] = {}  # layer -> router weight on the device (set by to_gpu)
         self.stats = HybridStats()
-        self._cpu_refs: dict[tuple[int, int], object] = {}
+        self._refs: dict[tuple[int, int], Any] = {}
+        self._layout: dict[tuple[int, int], tuple[int, int, int]] = {}
+
+    def layout(self, layer: int, e: int) -> tuple[int, int, int]:
+        key = (layer, e)
+        if key not in self._layout:
+            self._layout[key] = tuple(int(r[2]) for r in self.store.ranges(layer, e))
+        return self._layout[key]
 
     def _cpu_ref(self, layer: int, e: int):
         key = (layer, e)
-        ref = self._cpu_refs.get(key)
-        if ref is None:
-            nb = [r[2] for r in self.store.ranges(layer, e)]
+        if key not in self._refs:
+            nb = self.layout(layer, e)
             addr = [(self.store.mapped_address(layer, e, w), nb[w]) for w in range(3)]
-            ref = kernels.expert_ref(*addr, tuple(self.types[layer]), self.n_ff, self.n_embd)
-            self._cpu_refs[key] = ref
-        return ref
+            self._refs[key] = kernels.expert_ref(*addr, tuple(int(t) for t in self.types[layer]), self.n_ff,
+                                                 self.n_embd)
+        return self._refs[key]
 
-    def resident(self, layer: int, e: int) -> bool:
-        return self.pool is not None and self.pool.contains(layer, e)
-
-    def __call__(self, layer: int, x, ids: np.ndarray, weights: np.ndarray, prefetch_next: Sequence[int] = ()):
-        """x [T, D] float32 CUDA; ids, weights [T, K] host arrays. Returns [T, D] float32 CUDA."""
+    def run(self, layer: int, x, ids, weights):
+        """x [T, D] on the backend's device; ids, weights [T, K]. Returns [T, D] on the same device."""
         import torch
 
-        ids = np.asarray(ids, dtype=np.int64)
-        weights = np.asarray(weights, dtype=np.float32)
-        T, K = ids.shape
-        nbytes = {int(e): int(self.store.expert_bytes(layer, int(e))) for e in np.unique(ids) if e >= 0}
-        n_exp = max(nbytes) + 1 if nbytes else 0
-        nb_arr = [nbytes.get(e, 0) for e in range(n_exp)]
-        res = [self.resident(layer, e) for e in range(n_exp)]
-        needs = needs_from_routing(ids.tolist(), nb_arr, res)
-        free = self.pool.capacity - self.pool.pinned_slots() if self.pool is not None else 0
-        plan = split_lanes(self.rates, needs, allow_upload=self.pool is not None, max_uploads=max(0, free - len(
-            [n for n in needs if n.resident])))
-        gpu_set = {needs[i].key for i in plan.gpu_hits + plan.uploads}
-        up_set = [needs[i].key for i in plan.uploads]
-        stream = torch.cuda.current_stream(x.device).cuda_stream
+        ids_n = ids.detach().cpu().numpy().astype(np.int64)  # the split needs the choices on the host
+        w_n = weights.detach().cpu().numpy().astype(np.float32)
+        T, K = ids_n.shape
+        pool = self.pool
+        chosen = sorted({int(e) for e in ids_n.reshape(-1) if e >= 0})
+        n_exp = chosen[-1] + 1 if chosen else 0
+        nbytes = [sum(self.layout(layer, e)) if e in chosen else 0 for e in range(n_exp)]
+        resident = [pool is not None and e in chosen and pool.contains(layer, e) for e in range(n_exp)]
+        needs = needs_from_routing(ids_n.tolist(), nbytes, resident)
+        room = (pool.capacity - pool.pinned_slots() - sum(resident)) if pool is not None else 0
+        plan = split_lanes(self.rates, needs, allow_upload=pool is not None, max_uploads=max(0, room))
+        gpu = sorted(needs[i].key for i in plan.gpu_hits + plan.uploads)
+        ups = [needs[i].key for i in plan.uploads]
+        cpu = sorted(needs[i].key for i in plan.cpu)
+        # The CPU lane's input is copied before the GPU lane is enqueued (a later copy would wait for it).
+        xc = x.detach().to("cpu").contiguous().numpy() if cpu else None
         out = torch.zeros((T, self.n_embd), dtype=torch.float32, device=x.device)
-        acquired: list[int] = []
-        cpu_keys = {needs[i].key for i in plan.cpu}
-        # The CPU lane's input comes over before the GPU lane is enqueued: copying it later would
-        # wait for the GPU lane and serialise the two.
-        xc = x.detach().to("cpu").numpy() if cpu_keys else None
-        if self.pool is not None and up_set:
-            self.pool.prefetch(layer, up_set)  # readers + copy stream start now
-        if self.pool is not None and gpu_set:
-            acquired = sorted(gpu_set)
-            addrs = dict(zip(acquired, self.pool.acquire(layer, acquired, stream)))  # orders stream after loads
-            ptrs = np.zeros((T * K, 3), np.uint64)
-            types = np.zeros((T * K, 3), np.int32)
-            w_gpu = np.zeros((T, K), np.float32)
-            sizes = None
-            for t in range(T):
-                for j in range(K):
-                    e = int(ids[t, j])
-                    if e in gpu_set:
-                        if sizes is None or sizes[0] != e:
-                            r = self.store.ranges(layer, e)
-                            sizes = (e, r[0][2], r[1][2])
-                        base = addrs[e]
-                        ptrs[t * K + j] = (base, base + sizes[1], base + sizes[1] + sizes[2])
-                        types[t * K + j] = self.types[layer]
-                        w_gpu[t, j] = weights[t, j]
-            ops.moe(x, ptrs, types, w_gpu, self.n_ff, out=out, accumulate=True)  # asynchronous
-        if self.pool is not None and prefetch_next:
-            self.stats.prefetches += self.pool.prefetch(layer + 1, list(prefetch_next))
-        if cpu_keys:  # the CPU lane runs while the GPU works
-            experts = sorted(cpu_keys)
-            index = {e: i for i, e in enumerate(experts)}
+        stream = self.backend.stream(pool) if pool is not None else 0
+        if ups:
+            pool.prefetch(layer, ups)  # readers and the copy stream start at once
+        hits = sorted(needs[i].key for i in plan.gpu_hits)
+        if hits:  # resident: the compute stream only waits on ready events, the host does not
+            self.backend.moe_from_slots(pool, stream, layer, hits, self.layout, self.types[layer], x, ids_n, w_n,
+                                        self.n_ff, out)
+        if pool is not None and self.prefetch and (layer + 1) in self.routers:
+            nxt = [e for e in predict_next_layer(x, self.routers[layer + 1], self.k)
+                   if not pool.contains(layer + 1, e)]
+            if nxt:
+                self.stats.prefetches += pool.prefetch(layer + 1, nxt)
+        if cpu:
+            index = {e: i for i, e in enumerate(cpu)}
             sel = np.full((T, K), -1, np.int32)
             for t in range(T):
                 for j in range(K):
-                    e = int(ids[t, j])
-                    if e in index:
-                        sel[t, j] = index[e]
-            yc = kernels.moe_ffn(xc, [self._cpu_ref(layer, e) for e in experts], sel, weights)
-            out += torch.from_numpy(yc).to(x.device, non_blocking=True)
-        if acquired:
-            self.pool.release(layer, acquired, stream)
-        self.stats.layers += 1
-        self.stats.gpu_experts += len(gpu_set)
-        self.stats.cpu_experts += len(cpu_keys)
-        self.stats.uploads += len(up_set)
-        self.stats.predicted_s += plan.total_s
+                    sel[t, j] = index.get(int(ids_n[t, j]), -1)
+            yc = kernels.moe_ffn(xc, [self._cpu_ref(layer, e) for e in cpu], sel, w_n)
+            out += torch.from_numpy(yc).to(x.device)
+        if ups:  # uploaded this micro-batch: acquired last, when their reads are most likely issued
+            self.backend.moe_from_slots(pool, stream, layer, sorted(ups), self.layout, self.types[layer], x, ids_n,
+                                        w_n, self.n_ff, out)
+        if gpu:
+            pool.release(layer, gpu, stream)  # hits and uploads, each acquired once; last use recorded on the stream
+        s = self.stats
+        s.layers += 1
+        s.gpu_experts += len(gpu)
+        s.cpu_experts += len(cpu)
+        s.uploads += len(ups)
+        s.predicted_s += plan.total_s
         return out
