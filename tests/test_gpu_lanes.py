@@ -113,3 +113,14 @@ def test_require_cuda_message_without_gpu() -> None:
         pytest.skip("a usable GPU is present")
     with pytest.raises(GpuUnavailable, match="none is usable"):
         require_cuda()
+
+
+def test_cuda_backend_refuses_without_gpu() -> None:
+    """No silent host fallback: the CUDA backend on a machine without a usable GPU is an error."""
+    from kimi_runtime.gpu import GpuUnavailable, cuda_status
+    from kimi_runtime.gpu.backend import CudaBackend
+
+    if not cuda_status():
+        pytest.skip("a usable GPU is present")
+    with pytest.raises(GpuUnavailable):
+        CudaBackend()

@@ -157,6 +157,7 @@ void register_cuda_devpool(py::module_& m) {
                        "Expert slots in VRAM: pinned staging ring, copy stream, ready / last-use events.")
       .def(py::init([](std::shared_ptr<kr::ExpertStore> store, int n_slots, int device, int n_staging,
                        int n_readers) {
+             kr::cuda::DeviceGuard g(device, nullptr);
              auto p = new CudaPool();
              p->dev = std::make_shared<kr::cuda::CudaDevice>(device);
              p->pool = std::make_unique<kr::devpool::DevicePool>(p->dev, store, store->max_expert_bytes(), n_slots,
@@ -166,6 +167,7 @@ void register_cuda_devpool(py::module_& m) {
            py::arg("store"), py::arg("n_slots"), py::arg("device") = 0, py::arg("n_staging") = 4,
            py::arg("n_readers") = 2)
       .def("acquire", [](CudaPool& p, int layer, const std::vector<int>& ids, uintptr_t stream) {
+             kr::cuda::DeviceGuard g(p.dev->device(), nullptr);
              const int s = p.dev->import_stream(stream);
              std::vector<int> slots = p.pool->acquire(layer, ids, s);
              std::vector<uintptr_t> addr;
@@ -174,11 +176,18 @@ void register_cuda_devpool(py::module_& m) {
            }, py::arg("layer"), py::arg("ids"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
            "Pins the experts and orders `stream` (torch's cuda_stream) after their loads; returns device addresses.")
       .def("release", [](CudaPool& p, int layer, const std::vector<int>& ids, uintptr_t stream) {
+             kr::cuda::DeviceGuard g(p.dev->device(), nullptr);
              p.pool->release(layer, ids, p.dev->import_stream(stream));
            }, py::arg("layer"), py::arg("ids"), py::arg("stream"))
-      .def("prefetch", [](CudaPool& p, int layer, const std::vector<int>& ids) { return p.pool->prefetch(layer, ids); },
+      .def("prefetch", [](CudaPool& p, int layer, const std::vector<int>& ids) {
+             kr::cuda::DeviceGuard g(p.dev->device(), nullptr);
+             return p.pool->prefetch(layer, ids);
+           },
            py::arg("layer"), py::arg("ids"))
-      .def("wait_idle", [](CudaPool& p) { p.pool->wait_idle(); }, py::call_guard<py::gil_scoped_release>())
+      .def("wait_idle", [](CudaPool& p) {
+             kr::cuda::DeviceGuard g(p.dev->device(), nullptr);
+             p.pool->wait_idle();
+           }, py::call_guard<py::gil_scoped_release>())
       .def("contains", [](CudaPool& p, int l, int e) { return p.pool->contains(l, e); })
       .def("address", [](CudaPool& p, int s) { return reinterpret_cast<uintptr_t>(p.pool->address(s)); })
       .def_property_readonly("capacity", [](CudaPool& p) { return p.pool->capacity(); })

@@ -80,18 +80,13 @@ class HybridProvider:
         xc = x.detach().to("cpu").contiguous().numpy() if cpu else None
         out = torch.zeros((T, self.n_embd), dtype=torch.float32, device=x.device)
         stream = self.backend.stream(pool) if pool is not None else 0
-        if ups:
-            pool.prefetch(layer, ups)  # readers and the copy stream start at once
         hits = sorted(needs[i].key for i in plan.gpu_hits)
         if hits:  # resident: the compute stream only waits on ready events, the host does not
             self.backend.moe_from_slots(pool, stream, layer, hits, self.layout, self.types[layer], x, ids_n, w_n,
                                         self.n_ff, out)
-        if pool is not None and self.prefetch and (layer + 1) in self.routers:
-            nxt = [e for e in predict_next_layer(x, self.routers[layer + 1], self.k)
-                   if not pool.contains(layer + 1, e)]
-            if nxt:
-                self.stats.prefetches += pool.prefetch(layer + 1, nxt)
-        if cpu:
+        if ups:  # after the hits are pinned, so these loads cannot evict them
+            pool.prefetch(layer, ups)
+        if cpu:  # the CPU lane runs while the GPU works
             index = {e: i for i, e in enumerate(cpu)}
             sel = np.full((T, K), -1, np.int32)
             for t in range(T):
@@ -99,9 +94,14 @@ class HybridProvider:
                     sel[t, j] = index.get(int(ids_n[t, j]), -1)
             yc = kernels.moe_ffn(xc, [self._cpu_ref(layer, e) for e in cpu], sel, w_n)
             out += torch.from_numpy(yc).to(x.device)
-        if ups:  # uploaded this micro-batch: acquired last, when their reads are most likely issued
+        if ups:  # acquired after the CPU lane, when their reads are most likely issued
             self.backend.moe_from_slots(pool, stream, layer, sorted(ups), self.layout, self.types[layer], x, ids_n,
                                         w_n, self.n_ff, out)
+        if pool is not None and self.prefetch and (layer + 1) in self.routers:  # after this layer's pins
+            nxt = [e for e in predict_next_layer(x, self.routers[layer + 1], self.k)
+                   if not pool.contains(layer + 1, e)]
+            if nxt:
+                self.stats.prefetches += pool.prefetch(layer + 1, nxt)
         if gpu:
             pool.release(layer, gpu, stream)  # hits and uploads, each acquired once; last use recorded on the stream
         s = self.stats

@@ -36,7 +36,7 @@ def kernel_workspace_bytes(n_embd: int, n_ff: int, k: int, ubatch: int) -> int:
 
 
 def gpu_budget(mem: GpuMemory, ram_bytes: int = 0, ctx: int = 4096, ubatch: int = 512, n_embd: int = 7168,
-               n_ff: int = 2048, k: int = 8, limit: Optional[int] = None, expert_bytes: int = 0) -> Budget:
+               n_ff: int = 2048, k: int = 8, limit: Optional[int] = None) -> Budget:
     """A placement Budget for a GPU: what is free now (or `limit`, if smaller), minus the context
     reserve, the kernel workspace and the pinned staging ring's device-side share (none: staging is
     host memory, but the reserve covers the copy engine's descriptors)."""
