@@ -52,3 +52,22 @@ def test_emulated_gpu_engine_decodes_like_cpu(reference, slots) -> None:
         assert len(prov.pool.resident()) <= slots
     if slots == 10:
         assert st.cpu_experts > 0  # the cache cannot hold everything: both lanes ran
+
+
+def test_emulated_gpu_engine_prompt_path(reference) -> None:
+    """A 12-token prompt takes the prompt path (dequantized bf16 tiles; each slot expert read once for
+    all its tokens) on both lanes' GPU side; last-token logits agree with the CPU engine."""
+    path, ids, _ = reference
+    cpu = Engine.from_gguf(path, report=False)
+    ref = cpu.logits(ids)  # all 12 tokens in one forward
+    eng = Engine.from_gguf(path, report=False)
+    be = EmuBackend(seed=3)
+    prov = make_provider(eng, be, n_slots=40)  # all 2 x 16 experts fit: the GPU lane takes most of them
+    to_gpu(eng, be, prov)
+    prov.pool.prefetch(1, list(range(16)))
+    prov.pool.prefetch(2, list(range(16)))
+    prov.pool.wait_idle()
+    got = eng.logits(ids)
+    assert prov.stats.gpu_experts > 0
+    for a, b in zip(ref, got):
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0).item() >= 0.95

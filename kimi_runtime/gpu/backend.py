@@ -19,6 +19,26 @@ def gemv_ok(qtype: Any) -> bool:
     return bool(C.emu_gpu_supported(qtype_info(qtype).id))
 
 
+def grouped_expert(backend, x, ids, weights, e: int, parts, types, n_ff: int, out) -> None:
+    """out[tokens of e] += w * down(silu(gate x) * up x) for a prompt micro-batch: the expert's three
+    matrices dequantized to bf16 once (tiles) and multiplied for all its tokens (mul_mat_id-like)."""
+    import torch
+
+    tok, j = np.nonzero(ids == e)
+    if tok.size == 0:
+        return
+    D = x.shape[1]
+    t = torch.as_tensor(tok, device=x.device)
+    xe = x[t].contiguous()
+    gw = backend.tile(parts[0], int(types[0]), n_ff, D)
+    uw = backend.tile(parts[1], int(types[1]), n_ff, D)
+    dw = backend.tile(parts[2], int(types[2]), D, n_ff)
+    xb = xe.to(torch.bfloat16)
+    h = (torch.nn.functional.silu((xb @ gw.T).float()) * (xb @ uw.T).float()).to(torch.bfloat16)
+    y = (h @ dw.T).float() * torch.as_tensor(weights[tok, j], device=x.device)[:, None]
+    out.index_add_(0, t, y)
+
+
 class CudaBackend:
     name = "cuda"
 
@@ -43,6 +63,18 @@ class CudaBackend:
             return ops.gemv(w, qtype, rows, cols, x)
         return ops.dequant_matmul(x, w, qtype, rows, cols)
 
+    def tile(self, part, qtype: int, rows: int, cols: int):
+        """A whole matrix at a device address (addr, nbytes) dequantized to a bf16 tensor."""
+        import torch
+
+        from kimi_runtime._native import C_cuda
+
+        addr, nbytes = part
+        t = torch.empty((rows, cols), dtype=torch.bfloat16, device=self.device)
+        C_cuda.dequant_tile(int(addr), int(nbytes), qtype, rows, cols, 0, rows, t.data_ptr(), t.numel() * 2, 2,
+                            torch.cuda.current_stream(self.device).cuda_stream, self.index)
+        return t
+
     def make_pool(self, store, n_slots: int, n_staging: int = 4, n_readers: int = 2):
         from kimi_runtime._native import C_cuda
 
@@ -60,6 +92,13 @@ class CudaBackend:
 
         addrs = dict(zip(experts, pool.acquire(layer, list(experts), stream)))  # stream waits on the loads
         T, K = ids.shape
+        if T > FEW_TOKENS:  # prompt: each expert's weights read once for all its tokens
+            for e in experts:
+                g, u, d = layout(layer, e)
+                base = addrs[e]
+                parts = [(base, g), (base + g, u), (base + g + u, d)]
+                grouped_expert(self, x, ids, weights, e, parts, types, n_ff, out)
+            return
         ptrs = np.zeros((T * K, 3), np.uint64)
         tys = np.zeros((T * K, 3), np.int32)
         w = np.zeros((T, K), np.float32)
@@ -103,6 +142,12 @@ class EmuBackend:
         wt = torch.from_numpy(tile.view(np.int16)).view(torch.bfloat16)
         return (x.to(torch.bfloat16) @ wt.T).float()
 
+    def tile(self, part, qtype: int, rows: int, cols: int):
+        import torch
+
+        b = C.emu_dequant_tile(part, qtype, rows, cols, 0, rows, 2)
+        return torch.from_numpy(b.view(np.int16)).view(torch.bfloat16)
+
     def make_pool(self, store, n_slots: int, n_staging: int = 4, n_readers: int = 2):
         return C.EmuDevicePool(store, n_slots, n_staging, n_readers, self.seed, self.max_delay_us)
 
@@ -117,6 +162,12 @@ class EmuBackend:
         import torch
 
         slots = pool.acquire(layer, list(experts), stream)
+        if ids.shape[0] > FEW_TOKENS:
+            for e, s in zip(experts, slots):
+                g, u, d = layout(layer, e)
+                b = np.frombuffer(pool.read_slot(s, g + u + d, stream), np.uint8)
+                grouped_expert(self, x, ids, weights, e, [b[:g], b[g:g + u], b[g + u:]], types, n_ff, out)
+            return
         refs, index = [], {}
         for e, s in zip(experts, slots):
             g, u, d = layout(layer, e)
