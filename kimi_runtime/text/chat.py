@@ -17,6 +17,9 @@ from kimi_runtime.text.tokenizer import EOG_TEXTS
 
 ROLES = ("system", "user", "assistant", "tool")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# template variables a request's chat_template_kwargs may not replace
+_RESERVED = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "thinking",
+                       "enable_thinking", "raise_exception", "strftime_now"})
 _LIST_MUTATORS = frozenset({"append", "pop", "extend", "insert"})
 
 
@@ -156,15 +159,22 @@ class ChatTemplate:
         return cls.kimi_k2(bos_token=bos, eos_token=eos)
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
-               thinking: bool = False, tools: Sequence[Mapping[str, Any]] | None = None) -> str:
-        """The prompt text for `messages` (OpenAI shape). Bad messages raise ValueError."""
+               thinking: bool | None = False, tools: Sequence[Mapping[str, Any]] | None = None,
+               template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The prompt text for `messages` (OpenAI shape). Bad messages raise ValueError.
+        `template_kwargs` (a request's chat_template_kwargs) become extra template variables;
+        thinking=None leaves `thinking` undefined, so a GGUF template picks its own default."""
         msgs = normalize_messages(messages)
         if tools is not None and (isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence)):
             raise ValueError("tools must be a list of tool definitions")
         try:
+            extra = {str(k): _plain(v, "chat_template_kwargs") for k, v in (template_kwargs or {}).items()
+                     if str(k).isidentifier() and str(k) not in _RESERVED}
+            if thinking is not None:
+                extra.update(thinking=thinking, enable_thinking=thinking)
             return self._template.render(
-                messages=msgs, tools=_plain(list(tools), "tools") if tools else None,
-                add_generation_prompt=add_generation_prompt, thinking=thinking, enable_thinking=thinking,
+                **extra, messages=msgs, tools=_plain(list(tools), "tools") if tools else None,
+                add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token, eos_token=self.eos_token)
         except jinja2.TemplateError as e:
             raise ValueError(f"chat template {self.name!r} failed: {e}") from e
