@@ -119,10 +119,11 @@ def create_app(generator: Generator, model_name: str, api_key: Optional[str] = N
                            code="nested_too_deeply") from None
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
-        deep = _too_deep(data, MAX_DEPTH)
-        if deep is not None:
-            raise APIError(400, f"{deep}: nests deeper than {MAX_DEPTH} levels", param=deep,
-                           code="nested_too_deeply")
+        bad = _check_tree(data, MAX_DEPTH)
+        if bad is not None:
+            param, why = bad
+            raise APIError(400, f"{param}: {why}", param=param,
+                           code="nested_too_deeply" if why.startswith("nests") else "invalid_value")
         return data
 
     def validate(model: Type[BaseModel], data: dict[str, Any]) -> Any:
@@ -297,7 +298,9 @@ def create_app(generator: Generator, model_name: str, api_key: Optional[str] = N
                  if k not in ("thinking", "enable_thinking")}  # those travel as `thinking`
         kw = {"template_kwargs": extra} if extra else {}
         try:
-            ids = generator.render_chat(plan.messages, thinking=thinking, tools=plan.tools, **kw)
+            # a long prompt takes a while to render and tokenize: not on the event loop
+            ids = await asyncio.to_thread(generator.render_chat, plan.messages, thinking=thinking,
+                                          tools=plan.tools, **kw)
         except (ValueError, TypeError, RecursionError) as e:  # template errors are the caller's
             raise APIError(400, f"cannot render the conversation: {e}", param="messages") from None
         max_tokens = budget(ids, req, "messages")
@@ -341,7 +344,7 @@ def create_app(generator: Generator, model_name: str, api_key: Optional[str] = N
         check_auth(request)
         req: CompletionRequest = await read_json(request, CompletionRequest)
         if isinstance(req.prompt, str):
-            ids = generator.encode_prompt(req.prompt)
+            ids = await asyncio.to_thread(generator.encode_prompt, req.prompt)
         else:
             ids = list(req.prompt)
             vocab = int(getattr(generator.tokenizer, "n_vocab", 0) or 0)
@@ -402,15 +405,23 @@ def _field_path(loc: Any) -> list[str]:
     return out
 
 
-def _too_deep(data: Any, limit: int) -> Optional[str]:
-    """Dotted path of the top-level field holding data nested deeper than `limit`, else None."""
+def _check_tree(data: dict[str, Any], limit: int) -> Optional[tuple[str, str]]:
+    """(top-level field, reason) for data nested deeper than `limit` or a string that is not
+    Unicode text (a lone surrogate, which JSON's \\u escapes allow and no tokenizer takes)."""
     stack: list[tuple[Any, int, str]] = [(v, 1, str(k)) for k, v in data.items()]
+    stack += [(k, 1, str(k)) for k in data]
     while stack:
         v, depth, top = stack.pop()
         if depth > limit:
-            return top
-        if isinstance(v, dict):
+            return top, f"nests deeper than {limit} levels"
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return top, "holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text"
+        elif isinstance(v, dict):
             stack.extend((x, depth + 1, top) for x in v.values())
+            stack.extend((k, depth + 1, top) for k in v)
         elif isinstance(v, list):
             stack.extend((x, depth + 1, top) for x in v)
     return None
