@@ -54,6 +54,9 @@ def create_app(generator: Generator, model_name: str, api_key: Optional[str] = N
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
+        # the llguidance view of a 160k vocabulary takes ~3 s: built now, not on the first
+        # structured request
+        threading.Thread(target=_warm_grammar, args=(generator.tokenizer,), daemon=True).start()
         try:
             yield
         finally:
@@ -390,6 +393,15 @@ def create_app(generator: Generator, model_name: str, api_key: Optional[str] = N
                      check_auth=check_auth, read_body=read_body, validate=validate, n_vocab=n_vocab,
                      defaults=defaults)
     return app
+
+
+def _warm_grammar(tok: Any) -> None:
+    try:
+        from kimi_runtime.text import grammar
+
+        grammar.ll_tokenizer(tok)
+    except Exception:  # no llguidance, or an odd tokenizer: the first structured request will say
+        pass
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})

@@ -96,18 +96,28 @@ class Constraint:
 
     def allowed(self) -> torch.Tensor:
         """Bool [n_vocab]: which tokens the grammar allows next."""
-        bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        return torch.from_numpy(bits[:self.n_vocab].astype(bool))
+        bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), count=self.n_vocab,
+                             bitorder="little")
+        return torch.from_numpy(bits.view(np.bool_))
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        ok = self.allowed()
-        if not bool(ok.any()):
+        # numpy for the test and one masked_fill: a few small torch ops cost more than the grammar
+        bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), count=self.n_vocab,
+                             bitorder="little")
+        if not bits.any():
             raise RuntimeError(f"the grammar allows no token: {self._m.get_error() or 'dead end'}")
-        out = torch.full_like(logits, float("-inf"))
-        n = min(self.n_vocab, logits.numel())
-        keep = ok[:n].to(logits.device)
-        out[:n] = torch.where(keep, logits[:n], out[:n])
-        return out
+        deny = torch.from_numpy(bits == 0)
+        if logits.numel() != self.n_vocab:  # padded logits: ids past the vocabulary are never allowed
+            pad = torch.ones(logits.numel(), dtype=torch.bool)
+            n = min(self.n_vocab, logits.numel())
+            pad[:n] = deny[:n]
+            deny = pad
+        if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 1:
+            # numpy is single-threaded: torch's thread pool wakes up for a 160k-element op, which on
+            # a busy machine costs a scheduler slice (tens of ms) per token
+            x = logits.detach().contiguous().numpy()
+            return torch.from_numpy(np.where(deny.numpy(), np.float32(-np.inf), x))
+        return logits.masked_fill(deny.to(logits.device, non_blocking=True), float("-inf"))
 
     def accept(self, token: int) -> None:
         if not self._m.consume_token(int(token)):
