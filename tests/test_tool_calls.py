@@ -9,7 +9,7 @@ and a random engine) are imported by the other server test files."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ from kimi_runtime.server import create_app
 from kimi_runtime.text import ChatTemplate
 from kimi_runtime.text.toolcalls import (ARG_BEGIN, CALL_BEGIN, CALL_END, SECTION_BEGIN, SECTION_END,
                                          ToolCallStream, parse_tool_calls)
-from test_generate import SPECIALS, ArgmaxSampler, FakeParams, FakeStreamDecoder, FakeTemplate, ScriptedEngine
+from test_generate import SPECIALS, ArgmaxSampler, FakeStreamDecoder, FakeTemplate, ScriptedEngine
 from test_server import LiveServer, fake_params
 
 MODEL = "fake-model"

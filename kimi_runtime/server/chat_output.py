@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from kimi_runtime.generate import GenerationEvent
-from kimi_runtime.text.toolcalls import SECTION_BEGIN, ToolCallStream, ToolEvent, _partial_suffix
+from kimi_runtime.text.toolcalls import SECTION_BEGIN, ToolCallStream, ToolEvent, partial_suffix
 
 
 class ChatOutput:
@@ -74,7 +74,7 @@ class ChatOutput:
         if k >= 0:
             self._held_reasoning, self._reasoning_over = "", True
             return buf[:k], buf[k:]
-        hold = _partial_suffix(buf, SECTION_BEGIN)
+        hold = partial_suffix(buf, SECTION_BEGIN)
         self._held_reasoning = buf[len(buf) - hold:]
         return buf[:len(buf) - hold], ""
 

@@ -3,7 +3,6 @@ built-in Kimi K2 template), plus splitting generated text into reasoning and ans
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -240,24 +239,13 @@ class ReasoningSplitter:
         return (rest, "") if self._state == "reasoning" else ("", "" if self._state == "after" else rest)
 
 
-_TOOL_CALL = re.compile(r"<\|tool_call_begin\|>\s*(?P<id>.+?)\s*<\|tool_call_argument_begin\|>"
-                        r"(?P<args>.*?)\s*<\|tool_call_end\|>", re.S)
-
-
-def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
+def parse_tool_calls(text: str, first_index: int = 0) -> tuple[str, list[dict[str, Any]]]:
     """(content, tool_calls) of generated Kimi text decoded with its special tokens; calls in OpenAI
-    shape with Kimi's ids ("functions.get_weather:0"), which render back unchanged."""
-    start = text.find("<|tool_calls_section_begin|>")
-    if start < 0:
-        return text, []
-    end = text.find("<|tool_calls_section_end|>", start)
-    section = text[start:] if end < 0 else text[start:end]
-    calls = []
-    for m in _TOOL_CALL.finditer(section):
-        tid = m.group("id")
-        name = tid.split(".", 1)[-1].rsplit(":", 1)[0]
-        calls.append({"id": tid, "type": "function", "function": {"name": name, "arguments": m.group("args")}})
-    return text[:start], calls
+    shape with Kimi's ids ("functions.get_weather:0"), which render back unchanged. See
+    kimi_runtime.text.toolcalls (malformed markup stays content)."""
+    from kimi_runtime.text.toolcalls import parse_tool_calls as parse
+
+    return parse(text, first_index)
 
 
 def _partial_suffix(s: str, tag: str) -> int:

@@ -94,14 +94,8 @@ class Constraint:
             raise GrammarError(self._m.get_error())
         self.n_vocab = int(tok.n_vocab)
 
-    def allowed(self) -> torch.Tensor:
-        """Bool [n_vocab]: which tokens the grammar allows next."""
-        bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), count=self.n_vocab,
-                             bitorder="little")
-        return torch.from_numpy(bits.view(np.bool_))
-
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        # numpy for the test and one masked_fill: a few small torch ops cost more than the grammar
+        """`logits` with every token the grammar does not allow next set to -inf."""
         bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), count=self.n_vocab,
                              bitorder="little")
         if not bits.any():
@@ -199,10 +193,3 @@ def tool_call_grammar(tok: Any, tools: Sequence[dict[str, Any]], first_index: in
     lark = _start(tok, "section", reasoning) + "\n".join(lines) + "\n"
     return _llg().LLMatcher.grammar_from_lark(lark)
 
-
-def check(tok: Any, grammar: str) -> str:
-    """`grammar` if llguidance accepts it, else GrammarError with its reason (a 400 before queueing)."""
-    err = _llg().LLMatcher.validate_grammar(grammar, ll_tokenizer(tok))
-    if err:
-        raise GrammarError(err)
-    return grammar

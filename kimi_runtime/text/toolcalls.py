@@ -132,7 +132,7 @@ class ToolCallStream:
         if k >= 0:
             head, self._buf = self._buf[:k], self._buf[k + len(marker):]
             return head, True
-        hold = _partial_suffix(self._buf, marker)
+        hold = partial_suffix(self._buf, marker)
         head = self._buf[:len(self._buf) - hold]
         self._buf = self._buf[len(self._buf) - hold:]
         return head, False
@@ -182,7 +182,7 @@ class ToolCallStream:
                 j, marker = min(ends)
                 head, self._buf = self._buf[:j].rstrip(), self._buf[j + len(marker):]
             else:
-                hold = max(_partial_suffix(self._buf, m) for m in (CALL_END, SECTION_END))
+                hold = max(partial_suffix(self._buf, m) for m in (CALL_END, SECTION_END))
                 head = self._buf[:len(self._buf) - hold]
                 self._buf = self._buf[len(self._buf) - hold:]
             call = self.calls[-1]
@@ -207,7 +207,7 @@ class ToolCallStream:
         return False
 
 
-def _partial_suffix(s: str, tag: str) -> int:
+def partial_suffix(s: str, tag: str) -> int:
     """Length of the longest suffix of s that is a proper prefix of tag."""
     for n in range(min(len(tag) - 1, len(s)), 0, -1):
         if s.endswith(tag[:n]):
