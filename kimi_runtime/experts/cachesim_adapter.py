@@ -19,11 +19,23 @@ LCS_POLICIES: dict[str, str] = {
     "sieve": "Sieve", "lirs": "LIRS", "wtinylfu": "WTinyLFU", "2q": "TwoQ", "clock": "Clock",
     "lecar": "LeCaR", "cacheus": "Cacheus", "lhd": "LHD",
 }
-# Below these sizes libcachesim 0.3.5 aborts the process (S3-FIFO: a 10% small queue of 0 objects;
-# W-TinyLFU: a 1% window of 0) or misbehaves (LIRS at 2 objects beats Belady), so we refuse them. (LFUDA is left out: it crashes or hangs
-# at 1-2 objects.)
-MIN_CAPACITY: dict[str, int] = {"s3fifo": 10, "wtinylfu": 5, "lirs": 3}
+# Below these sizes libcachesim 0.3.5 aborts the process or misbehaves (LIRS at 2 objects beats
+# Belady), so we refuse them. (LFUDA is left out: it crashes or hangs at 1-2 objects.)
+MIN_CAPACITY: dict[str, int] = {"s3fifo": 3, "wtinylfu": 2, "lirs": 3}
 _HASHPOWER = 12  # libcachesim's default 2^24-entry table costs 128 MB per cache; we hold <= thousands
+
+
+def _params(name: str, capacity: int) -> dict[str, Any]:
+    """Constructor arguments that keep each sub-queue at least one object at our small sizes (an expert
+    cache holds a handful of slots, a web cache millions of objects). With the defaults S3-FIFO (a 10%
+    small queue) holds nothing below ~32 slots and W-TinyLFU's SLRU main cache aborts on empty
+    segments; so S3-FIFO's small queue is max(10%, 2 objects) and W-TinyLFU's window max(1%, 1 object)
+    in front of an LRU main cache. The rest run with libcachesim's defaults."""
+    if name == "s3fifo":
+        return {"small_size_ratio": max(0.1, 2.0 / capacity)}
+    if name == "wtinylfu":
+        return {"window_size": max(0.01, 1.0 / capacity), "main_cache": "LRU"}
+    return {}
 
 
 class CapacityTooSmall(ValueError):
@@ -61,7 +73,8 @@ class LibCacheSimPolicy(Policy):
         self.name = name
         lcs = _lcs()
         self._lcs = lcs
-        self.cache = getattr(lcs, LCS_POLICIES[name])(cache_size=self.capacity, hashpower=_HASHPOWER)
+        self.cache = getattr(lcs, LCS_POLICIES[name])(cache_size=self.capacity, hashpower=_HASHPOWER,
+                                                      **_params(name, self.capacity))
         self._offline = LCS_POLICIES[name] == "Belady"
         self._nxt: list[int] = []
         self._i = 0
