@@ -109,7 +109,7 @@ def our_logits(path: str, seqs: Sequence[torch.Tensor], *, exact_float: bool = F
     """Our logits per sequence; `exact_float`: KR_KERNELS=0, float math on exactly dequantized weights
     (the float path proven equal to transformers in test_model_reference.py), not the quantized kernels."""
     with _env(**({"KR_KERNELS": "0"} if exact_float else {})):
-        eng = Engine.from_gguf(path, attn=attn)
+        eng = Engine.from_gguf(path, attn=attn, cache_type="f32")  # llama.cpp runs with an F32 KV cache
         return [eng.logits(ids) for ids in seqs]
 
 

@@ -79,6 +79,8 @@ def to_gpu(engine, backend, provider: Optional[HybridProvider] = None) -> Any:
 
     dev = backend.device
     m = engine.model
+    m.native = None  # the native CPU layer step gives way to the Python layers over device tensors
+    m.native_off_reason = "the GPU tier runs the layers on the device"
     m.embed = DeviceLinear(m.embed, backend)
     m.output = DeviceLinear(m.output, backend)
     m.output_norm = _dev(m.output_norm, dev)
@@ -99,9 +101,10 @@ def to_gpu(engine, backend, provider: Optional[HybridProvider] = None) -> Any:
         for name in ("q_a", "q_b", "q", "kv_a", "out"):
             if isinstance(getattr(a, name, None), QLinear):
                 setattr(a, name, DeviceLinear(getattr(a, name), backend))
-        for name in ("q_a_norm", "kv_a_norm", "w_kb", "w_vb"):
+        for name in ("q_a_norm", "kv_a_norm"):
             if hasattr(a, name):
                 setattr(a, name, _dev(getattr(a, name), dev))
+        a._w = tuple(_dev(w, dev) for w in (a._w or a._float_heads()))  # (W_kb, W_vb) on the device
         a.k_heads = a.v_heads = None  # per-head native CPU kernels: torch bmm on the device instead
         future = type(a)._future
         a._future = lambda T, start, _f=future: _f(T, start).to(dev)
