@@ -99,6 +99,7 @@ class Engine:
                   cpu_moe: bool = False, n_cpu_moe: int = 0, gpu_budget: Union[int, str, None] = None,
                   ram_budget: Union[int, str, None] = None, trace: Optional[str] = None,
                   miss_policy: str = "auto", admit: Union[bool, str] = "auto", cost_model: Any = None,
+                  expert_reads: str = "auto", n_readers: Optional[int] = None, mlock: bool = False,
                   report: Union[bool, Callable[[str], None]] = True, **kw: Any) -> "Engine":
         """An engine over a GGUF file; weights stay in the mmapped file.
 
@@ -110,7 +111,9 @@ class Engine:
         `n_cpu_moe` as shorthands: experts placed on "cpu" never enter the cache.
         miss_policy: "auto" (measured cost model), "cpu" or "fetch"; admit: load CPU-computed misses
         into slots in the background (True, False, or "auto": when the cost model says hits pay);
-        cost_model: a scheduler.CostModel instead of measuring one. trace: path of a routing trace
+        cost_model: a scheduler.CostModel instead of measuring one. expert_reads: "auto" (the disk tier,
+        O_DIRECT reads by `n_readers` threads, when a ram_budget holds fewer slots than experts), "mmap",
+        "pread" or "direct"; mlock: lock the non-expert weights in RAM. trace: path of a routing trace
         written on close(). report: True prints the placement to stderr, a callable gets each line.
         """
         src = GGUFSource(path)
@@ -120,7 +123,8 @@ class Engine:
             src, cache_fraction=cache_fraction, cache_slots=cache_slots, cache_policy=cache_policy,
             prefetch=prefetch, overrides=overrides, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
             gpu_budget=gpu_budget, ram_budget=ram_budget, miss_policy=miss_policy, admit=admit,
-            cost_model=cost_model, n_ctx=int(n_ctx))
+            cost_model=cost_model, n_ctx=int(n_ctx), expert_reads=expert_reads, n_readers=n_readers,
+            mlock=mlock)
         if report:
             emit = report if callable(report) else (lambda line: print(f"placement: {line}", file=sys.stderr))
             for line in setup.lines:
@@ -213,7 +217,8 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Token counts, seconds and tokens/s for prefill and decode, the KV cache size and, with the
         expert cache, `layers` (per MoE layer: hits, misses, prefetch_hits, bytes_loaded, evictions,
-        stall_seconds, cpu_misses, fetched, ...) with totals, hit_rate and the prefetcher's accuracy."""
+        stall_seconds, cpu_misses, fetched, ...) with totals, hit_rate, the prefetcher's accuracy and
+        `tiers` (per tier of the cache chain - ram, disk: hits, misses, bytes, stall_seconds, ...)."""
         s: dict[str, Any] = dict(self._stats)
         for k in ("prefill", "decode"):
             s[f"{k}_tok_s"] = s[f"{k}_tokens"] / s[f"{k}_s"] if s[f"{k}_s"] > 0 else 0.0
@@ -234,6 +239,8 @@ class Engine:
     def close(self) -> None:
         """Write the routing trace (if any); the engine stays usable, tracing stops."""
         if self.trace_writer is not None:
+            if self.experts is not None and self.experts.provider is not None:
+                self.trace_writer.meta["tiers"] = self.experts.tier_stats()  # the cache chain's counters
             self.model.set_observer(None)
             if isinstance(self.provider, CachedExpertProvider):
                 self.provider.on_predict = None

@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from kimi_runtime.synth_recipes import RECIPES
+# Spelled out so that building the parser imports nothing heavy (a test checks synth_recipes.RECIPES).
+RECIPE_NAMES = ("bf16", "default", "f16", "f32", "iq1_s", "mxfp4", "q2_k", "q4_k_m", "q8_0", "tq1_0",
+                "ud-iq1_s", "ud-q2_k_xl", "ud-tq1_0")
 
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic model (GGUF, optional HF copy)")
     p.add_argument("preset", help="tiny | tiny-dsv3 | small | medium | k2-slice (Kimi K2's dimensions)")
     p.add_argument("out", help="output .gguf path (split parts are named <stem>-0000i-of-0000N.gguf)")
-    p.add_argument("--recipe", default="default", help=f"per-tensor types: {', '.join(sorted(RECIPES))}")
+    p.add_argument("--recipe", default="default", help=f"per-tensor types: {', '.join(RECIPE_NAMES)}")
     p.add_argument("--layers", type=int, help="number of layers (the first stays dense)")
     p.add_argument("--experts", type=int, help="routed experts per layer")
     p.add_argument("--hf-dir", help="also write a Hugging Face copy (config.json + float32 safetensors) here")

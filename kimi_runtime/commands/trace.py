@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = tsub.add_parser("replay", help="hit rate and bytes moved per policy and cache size")
     r.add_argument("file", help="trace file (.npz from --trace or `trace synth`)")
     r.add_argument("--policies", default="lru,lfu,slru,hot,belady",
-                   help="comma-separated: lru, fifo, lfu, lfu-aged, slru, hot, belady")
+                   help="comma-separated: lru, fifo, lfu, lfu-aged, slru, hot, belady, and with the "
+                        "libcachesim package arc, s3fifo, sieve, lirs, wtinylfu, 2q, clock, lecar, cacheus, lhd, "
+                        "lcs-lru, lcs-fifo, lcs-belady")
     r.add_argument("--slots", type=_csv_ints, default=[8, 16, 32], help="slots per layer, e.g. 8,16,32")
     r.add_argument("--scope", choices=["layer", "global"], default="layer",
                    help="layer: a partition of `slots` per layer; global: one pool of slots x layers")
@@ -32,6 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--plot", metavar="PNG", help="write hit-rate curves (needs matplotlib)")
     r.add_argument("--json", action="store_true", help="one JSON object per result instead of a table")
     r.set_defaults(func=run_replay)
+
+    rep = tsub.add_parser("report", help="figures and an HTML page of the cache study of a trace")
+    rep.add_argument("file", help="trace file (.npz)")
+    rep.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+    rep.add_argument("--policies", default=None,
+                     help="comma-separated (default: ours, plus libCacheSim's when libcachesim is installed)")
+    rep.add_argument("--slots", type=_csv_ints, default=None,
+                     help="slots per layer (default: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32 below the expert count)")
+    rep.add_argument("--title", default=None)
+    rep.set_defaults(func=run_report)
 
     s = tsub.add_parser("stats", help="sizes, skew, locality and prediction recall of a trace")
     s.add_argument("file")
@@ -53,14 +65,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from kimi_runtime.experts.policies import POLICIES
-    from kimi_runtime.experts.replay import plot_hit_rates, replay
+    from kimi_runtime.experts import cachesim_adapter
+    from kimi_runtime.experts.policies import policy_names
+    from kimi_runtime.experts.replay import plot_hit_rates, replay, require_matplotlib
     from kimi_runtime.experts.trace import load_trace
 
+    if args.plot:
+        require_matplotlib()  # before a replay that may take minutes
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    bad = [n for n in names if n not in POLICIES]
+    bad = [n for n in names if n not in policy_names()]
     if bad:
-        raise ValueError(f"unknown policies {bad}; choose from {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policies {bad}; choose from {', '.join(policy_names())}")
+    if any(n in cachesim_adapter.LCS_POLICIES for n in names) and not cachesim_adapter.available():
+        raise ValueError("libCacheSim policies need the libcachesim package: pip install libcachesim")
     if "belady" not in names:
         names.append("belady")  # the optimum is always printed alongside
     t0 = time.perf_counter()
@@ -87,6 +104,33 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.plot:
         plot_hit_rates(results, args.plot, title=f"{args.file} ({args.scope})")
         print(f"wrote {args.plot}")
+    return 0
+
+
+DEFAULT_REPORT_POLICIES = "lru,fifo,lfu,lfu-aged,slru,hot"
+DEFAULT_LCS_POLICIES = "arc,s3fifo,sieve,lirs,wtinylfu,2q,lecar,cacheus"
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from kimi_runtime.experts import cachesim_adapter
+    from kimi_runtime.experts.policies import policy_names
+    from kimi_runtime.experts.replay import require_matplotlib
+    from kimi_runtime.experts.report import write_report
+    from kimi_runtime.experts.trace import load_trace
+
+    require_matplotlib("trace report")
+    spec = args.policies or (DEFAULT_REPORT_POLICIES + ("," + DEFAULT_LCS_POLICIES
+                                                        if cachesim_adapter.available() else ""))
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in policy_names()]
+    if bad:
+        raise ValueError(f"unknown policies {bad}; choose from {', '.join(policy_names())}")
+    trace = load_trace(args.file)
+    slots = args.slots or [s for s in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if s < trace.n_experts]
+    t0 = time.perf_counter()
+    paths = write_report(trace, args.out, names, slots, title=args.title)
+    print(f"wrote {len(paths)} files to {args.out} in {time.perf_counter() - t0:.1f} s "
+          f"(open {paths[-1]})")
     return 0
 
 

@@ -401,10 +401,20 @@ def _named(p: Policy, name: str) -> Policy:
     return p
 
 
+def policy_names() -> list[str]:
+    """Ours (POLICIES), then libCacheSim's through experts.cachesim_adapter (they need libcachesim)."""
+    from kimi_runtime.experts.cachesim_adapter import LCS_POLICIES
+
+    return [*POLICIES, *LCS_POLICIES]
+
+
 def make_policy(name: str, capacity: int) -> Policy:
-    """A policy by name (see POLICIES) with `capacity` slots."""
-    try:
-        factory = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}") from None
-    return factory(capacity)
+    """A policy by name (see policy_names()) with `capacity` slots."""
+    factory = POLICIES.get(name)
+    if factory is not None:
+        return factory(capacity)
+    from kimi_runtime.experts import cachesim_adapter
+
+    if name in cachesim_adapter.LCS_POLICIES:
+        return cachesim_adapter.make(name, capacity)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(policy_names())}")

@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from kimi_runtime.experts.cachesim_adapter import CapacityTooSmall
 from kimi_runtime.experts.policies import make_policy
 from kimi_runtime.experts.trace import Trace
 
@@ -88,7 +89,8 @@ def replay(trace: Trace, policies: Sequence[str], slots: Sequence[int], scope: s
            prefetch: Optional[bool] = None) -> list[ReplayResult]:
     """Replay `trace` for every policy x slot count. Belady is always demand-only. With
     predictions in the trace (and prefetch not False) each other policy is also replayed with them
-    as prefetches, reported as "<policy>+pf"."""
+    as prefetches, reported as "<policy>+pf". A policy that cannot run at a size (libCacheSim's
+    S3-FIFO below 10 slots, ...) is left out at that size."""
     streams = _streams(trace, scope)
     n_caches = len(streams) if scope == "layer" else max(1, len(np.unique(trace.layer)))
     demand = [(k[~pf], b[~pf]) for k, b, pf in streams]
@@ -100,6 +102,10 @@ def replay(trace: Trace, policies: Sequence[str], slots: Sequence[int], scope: s
         cap = s if scope == "layer" else s * n_caches
         total_cap = s * n_caches
         for name in policies:
+            try:
+                probe = make_policy(name, cap)
+            except CapacityTooSmall:
+                continue
             t0 = time.perf_counter()
             hits = moved = 0
             for keys, nb in demand:
@@ -108,7 +114,7 @@ def replay(trace: Trace, policies: Sequence[str], slots: Sequence[int], scope: s
             n_acc = sum(len(k) for k, _ in demand)
             out.append(ReplayResult(name, s, scope, total_cap, n_acc, hits, moved,
                                     seconds=time.perf_counter() - t0))
-            if with_pf and make_policy(name, 1).supports_prefetch:
+            if with_pf and probe.supports_prefetch:
                 t0 = time.perf_counter()
                 agg = [0, 0, 0, 0]
                 for keys, nb, pf in streams:
@@ -119,15 +125,21 @@ def replay(trace: Trace, policies: Sequence[str], slots: Sequence[int], scope: s
     return out
 
 
-def plot_hit_rates(results: Sequence[ReplayResult], path: str, title: str = "") -> None:
-    """Hit rate vs slots, one line per policy (Belady dashed). Needs matplotlib (extra "plot")."""
+def require_matplotlib(what: str = "--plot") -> object:
+    """pyplot (Agg backend), or a clear ValueError naming the extra to install."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ValueError("--plot needs matplotlib: pip install 'kimi-runtime[plot]'") from e
+        raise ValueError(f"{what} needs matplotlib: pip install 'kimi-runtime[plot]'") from e
+    return plt
+
+
+def plot_hit_rates(results: Sequence[ReplayResult], path: str, title: str = "") -> None:
+    """Hit rate vs slots, one line per policy (Belady dashed). Needs matplotlib (extra "plot")."""
+    plt: Any = require_matplotlib()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r.policy for r in results):
         rs = sorted((r for r in results if r.policy == name), key=lambda r: r.slots)

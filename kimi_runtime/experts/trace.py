@@ -104,7 +104,7 @@ class TraceWriter:
     def __init__(self, path: Union[str, os.PathLike], *, n_layers: int, n_experts: int, top_k: int,
                  expert_bytes: Union[int, Sequence[int]] = DEFAULT_EXPERT_BYTES,
                  meta: Optional[dict[str, Any]] = None) -> None:
-        self.path = os.fspath(path)
+        self.path = check_trace_path(path)
         eb = expert_bytes if np.isscalar(expert_bytes) else [int(b) for b in expert_bytes]
         self.meta = {"format": FORMAT, "version": VERSION, "n_layers": int(n_layers),
                      "n_experts": int(n_experts), "top_k": int(top_k), "expert_bytes": eb,
@@ -183,19 +183,44 @@ class TraceWriter:
         self.close()
 
 
+def check_trace_path(path: Union[str, os.PathLike]) -> str:
+    """The path as a string; a trace is an .npz archive, so its name must say so (a trace written as
+    "routing.json" would mislead every tool that opens it)."""
+    p = os.fspath(path)
+    if not p.lower().endswith(".npz"):
+        raise ValueError(f"trace file {p!r}: traces are .npz archives; give a name ending in .npz")
+    return p
+
+
 def load_trace(path: Union[str, os.PathLike]) -> Trace:
     """Read a trace written by TraceWriter (or save_trace); checks the header and array shapes."""
     try:
         z = np.load(os.fspath(path), allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a trace file ({e})") from e
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such trace file") from None
+    except (OSError, ValueError, EOFError):
+        # numpy's own message suggests allow_pickle=True for some inputs: never what a trace needs
+        raise ValueError(f"{path}: not a trace file (not an .npz archive written by kimi-runtime)") from None
+    if not hasattr(z, "files"):  # a plain .npy array
+        raise ValueError(f"{path}: not a trace file (a single array, not an .npz archive)")
     with z:
         if "meta" not in z.files:
             raise ValueError(f"{path}: not a trace file (no header)")
-        meta = json.loads(str(z["meta"]))
+        try:
+            meta = json.loads(str(z["meta"]))
+        except ValueError:  # an object array (needs pickle) or a header that is not JSON
+            raise ValueError(f"{path}: not a trace file (unreadable header)") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: not a trace file (unreadable header)")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a kimi-runtime trace (format {meta.get('format')!r})")
-        a = {k: z[k] for k in z.files if k != "meta"}
+        try:
+            a = {k: z[k] for k in z.files if k != "meta"}
+        except (ValueError, OSError, EOFError):
+            raise ValueError(f"{path}: not a trace file (unreadable arrays)") from None
+    missing = {"step", "layer", "start", "positions", "ids", "weights"} - set(a)
+    if missing:
+        raise ValueError(f"{path}: not a trace file (missing {', '.join(sorted(missing))})")
     t = Trace(meta, a["step"].astype(np.int64), a["layer"].astype(np.int64), a["start"].astype(np.int64),
               a["positions"].astype(np.int64), a["ids"].astype(np.int64), a["weights"].astype(np.float32),
               a["pred_ids"].astype(np.int64) if "pred_ids" in a else None)
@@ -257,7 +282,7 @@ def save_trace(trace: Trace, path: Union[str, os.PathLike]) -> None:
               "weights": trace.weights}
     if trace.pred_ids is not None:
         arrays["pred_ids"] = trace.pred_ids
-    with open(os.fspath(path), "wb") as f:
+    with open(check_trace_path(path), "wb") as f:
         np.savez(f, **arrays)
 
 

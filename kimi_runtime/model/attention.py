@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kimi_runtime.config import ModelConfig
+from kimi_runtime.config import ModelConfig, kv_cache_bytes  # noqa: F401  (re-exported)
 from kimi_runtime.model.linear import FLOAT_TYPES, HeadLinear, QLinear
 from kimi_runtime.model.rope import Rope
 from kimi_runtime.model.weights import WeightSource
@@ -36,16 +36,6 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 CACHE_TYPES = {"f16": torch.float16, "f32": torch.float32}
-
-
-def kv_cache_bytes(cfg: ModelConfig, n_ctx: int, cache_type: str = "f16") -> int:
-    """Bytes of the latent KV cache for `n_ctx` positions: per layer and position the normalised latent
-    (kv_lora_rank) and the roped key (qk_rope_head_dim), in f16 (2 bytes) or f32 (4). The one formula
-    the engine allocates by and `inspect` / `plan` report."""
-    if cache_type not in CACHE_TYPES:
-        raise ValueError(f"cache type must be one of {', '.join(CACHE_TYPES)} (got {cache_type!r})")
-    elt = 2 if cache_type == "f16" else 4
-    return cfg.n_layer * int(n_ctx) * cfg.kv_cache_dim * elt
 
 
 class KVCache:
