@@ -147,7 +147,18 @@ class Engine:
         return t
 
     def _absorbed(self, n: int) -> bool:
-        return self.attn == "absorbed" or (self.attn == "auto" and n == 1)
+        """Python layers: naive attention for prompts (cheaper) unless the heads are quantized, whose
+        absorbed path rounds differently from the float naive one: then every step is absorbed, so a
+        prompt and its token-by-token decode give the same logits."""
+        if self.attn != "auto":
+            return self.attn == "absorbed"
+        return n == 1 or self._quantized_heads
+
+    @property
+    def _quantized_heads(self) -> bool:
+        from kimi_runtime.model.linear import FLOAT_TYPES  # noqa: PLC0415
+
+        return any(b.attn.k_heads is not None and b.attn.k_heads.qtype not in FLOAT_TYPES for b in self.model.blocks)
 
     @torch.inference_mode()
     def logits(self, ids: Ids) -> torch.Tensor:

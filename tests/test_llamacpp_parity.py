@@ -107,9 +107,10 @@ def llama_logits(path: str, seqs: Sequence[torch.Tensor], cfg: ModelConfig, *, p
 def our_logits(path: str, seqs: Sequence[torch.Tensor], *, exact_float: bool = False,
                attn: str = "auto") -> list[torch.Tensor]:
     """Our logits per sequence; `exact_float`: KR_KERNELS=0, float math on exactly dequantized weights
-    (the float path proven equal to transformers in test_model_reference.py), not the quantized kernels."""
+    (the float path proven equal to transformers in test_model_reference.py), not the quantized kernels.
+    F32 latent cache, as llama.cpp's KV cache here."""
     with _env(**({"KR_KERNELS": "0"} if exact_float else {})):
-        eng = Engine.from_gguf(path, attn=attn, cache_type="f32")  # llama.cpp runs with an F32 KV cache
+        eng = Engine.from_gguf(path, attn=attn, cache_type="f32")
         return [eng.logits(ids) for ids in seqs]
 
 
