@@ -73,10 +73,40 @@ def drop_caches() -> Optional[str]:
         return f"drop_caches failed: {e}"
 
 
+def cached_fraction(path: str) -> float:
+    """Share of the file's pages in the page cache (mincore over a fresh mapping). Pages another
+    process keeps mapped survive drop_caches: a file shared with a running program is no cold file."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    page = os.sysconf("SC_PAGE_SIZE")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return float("nan")
+        n = (size + page - 1) // page
+        vec = (ctypes.c_ubyte * n)()
+        rc = libc.mincore(ctypes.c_void_p(addr), size, vec)
+        libc.munmap(ctypes.c_void_p(addr), size)
+        if rc != 0:
+            return float("nan")
+        return sum(b & 1 for b in vec) / n
+    finally:
+        os.close(fd)
+
+
 def run_child(kind: str, args: argparse.Namespace, groups: Optional[dict[str, str]]) -> dict[str, Any]:
     if groups:
         Path(groups["memory"], "memory.max_usage_in_bytes").write_text("0")
     note = drop_caches()
+    cached = cached_fraction(args.model)
     cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--tokens", str(args.tokens),
            "--prompt", str(args.prompt), "--threads", str(args.threads), "--ram-budget", args.ram_budget,
            "--seq-bytes", args.seq_bytes, "--seed", str(args.seed), "--readers", str(args.readers)]
@@ -92,7 +122,7 @@ def run_child(kind: str, args: argparse.Namespace, groups: Optional[dict[str, st
         res: dict[str, Any] = {"error": f"exit {r.returncode}: {r.stderr.strip()[-1500:]}"}
     else:
         res = json.loads(lines[-1])
-    res.update(kind=kind, limited=bool(groups), wall_s=wall)
+    res.update(kind=kind, limited=bool(groups), wall_s=wall, file_cached_before=cached)
     if note:
         res["page_cache"] = note
     if groups:
@@ -240,7 +270,7 @@ def _io_read_bytes() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="/work/bigfiles/k2-4L-384E-ud-iq1_s.gguf")
+    ap.add_argument("--model", default="/work/bigfiles/disk/k2-4L-384E-ud-iq1_s.gguf")
     ap.add_argument("--mem-limit", default="4.5GiB", help="memory cgroup limit (page cache included)")
     ap.add_argument("--read-bps", type=float, default=400e6, help="blkio read throttle, bytes/s")
     ap.add_argument("--ram-budget", default="3.6GiB", help="our --ram-budget inside the cgroup")
@@ -334,6 +364,10 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         out["rss_within_budget"] = ours["peak_rss_bytes"] <= ours["ram_budget_bytes"]
         print(f"peak RSS {ours['peak_rss_bytes'] / 2**30:.2f} GiB, budget "
               f"{ours['ram_budget_bytes'] / 2**30:.2f} GiB: {'within' if out['rss_within_budget'] else 'OVER'}")
+    worst = max((r.get("file_cached_before", 0.0) for r in runs), default=0.0)
+    out["file_cached_before_max"] = worst
+    print(f"page cache dropped before every run; at most {100 * worst:.1f}% of the file was still cached"
+          + (" (mapped by another process: not a cold file!)" if worst > 0.02 else ""))
     notes = {r.get("page_cache") for r in runs if r.get("page_cache")}
     for n in notes:
         print(f"note: {n}")
