@@ -11,8 +11,9 @@ charged). Both engines decode the same teacher-forced token ids one at a time. O
 step) are compared with the same engine's run without the limits (no cgroup, same flags). Needs root and
 cgroup v1 (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/blkio`); llama.cpp through `llama-cpp-python`
 (optional: skipped with a note when it is not installed). One JSON line per run in
-bench/results/disk_tier.jsonl. The K2-shaped file: `kimi-runtime synth k2-slice ...` (4 layers x 384
-experts UD-IQ1_S-like is 13.3 GB).
+bench/results/disk_tier.jsonl. The K2-shaped file (13.3 GB): `kimi-runtime synth k2-slice --layers 4
+--experts 384 --recipe ud-iq1_s FILE.gguf`. Use a file no other process keeps mapped: its pages survive
+drop_caches (the bench reports how much of the file was still cached before each run).
 """
 from __future__ import annotations
 
@@ -293,7 +294,8 @@ def main() -> None:
         child_main(args)
         return
     if not os.path.exists(args.model):
-        sys.exit(f"{args.model}: not found; write a K2-shaped file with `kimi-runtime synth k2-slice ...`")
+        sys.exit(f"{args.model}: not found; write one with `kimi-runtime synth k2-slice --layers 4 --experts 384 "
+                 f"--recipe ud-iq1_s {args.model}`")
     if os.geteuid() != 0 or not os.path.isdir(f"{CG}/memory") or not os.path.isdir(f"{CG}/blkio"):
         sys.exit("needs root and cgroup v1 memory + blkio controllers under /sys/fs/cgroup")
     dev = device_of(args.model)
