@@ -15,6 +15,8 @@ import torch
 from kimi_runtime.engine import Engine
 from kimi_runtime.experts.placement import PlacementError
 
+from kimi_runtime.experts.tiers import o_direct_supported as odirect_works
+
 IDS = [1, 5, 9, 33, 100, 7, 8, 2, 44, 11]
 
 
@@ -58,7 +60,7 @@ def test_disk_tier_logits_and_tier_stats(small_gguf):
     for tier in (ram, disk):
         assert {"hits", "misses", "bytes", "stall_seconds"} <= tier.keys()
     assert ram["hits"] + ram["misses"] > 0 and ram["slots"] == 10
-    assert disk["mode"] == "direct" and disk["direct"] and disk["read_errors"] == 0
+    assert disk["mode"] == "direct" and disk["direct"] == odirect_works(small_gguf) and disk["read_errors"] == 0
     # every load is one read of the file; wrong guesses still queued when their layer came are dropped
     assert disk["hits"] == ram["misses"] + ram["prefetches"] - ram["prefetch_cancelled"]
     assert disk["bytes"] >= ram["bytes"] > 0
@@ -102,7 +104,7 @@ def test_read_error_in_decode_is_clear(small_gguf):
     eng = Engine.from_gguf(small_gguf, cache_slots=6, expert_reads="direct", report=False)
     eng.prefill(IDS)
     eng.provider.cache.store.inject_fault("eio", skip=0, count=10**6)
-    with pytest.raises(RuntimeError, match="load failed: ExpertStore: direct read of .* Input/output error"):
+    with pytest.raises(RuntimeError, match="load failed: ExpertStore: (direct )?read of .* Input/output error"):
         for t in range(20):  # some step misses
             eng.decode(t + 3)
     eng.provider.cache.store.inject_fault("none")
