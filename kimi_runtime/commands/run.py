@@ -34,7 +34,7 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-slots", type=int, default=None, metavar="N", help="expert cache of N slots")
     g.add_argument("--gpu-budget", default=None, help="device memory budget, e.g. 24GiB (auto-fit)")
     g.add_argument("--ram-budget", default=None, help="host memory budget, e.g. 256GiB (auto-fit)")
-    g.add_argument("--cache-policy", choices=("lru", "lfu"), default="lru")
+    g.add_argument("--cache-policy", choices=("lru", "lfu"), default="lfu")
     g.add_argument("--prefetch", action="store_true",
                    help="prefetch layer l+1's experts guessed by its router on layer l's hidden state")
     g.add_argument("--miss-policy", choices=("auto", "cpu", "fetch"), default="auto",
