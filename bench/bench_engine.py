@@ -7,6 +7,7 @@ Default model: the medium synthetic preset in Q4_K_M (REFERENCE.md section 8, th
 figures were taken on), written once to $KIMI_RUNTIME_CACHE/bench (shared with bench_vs_llamacpp.py).
 The machine may be shared: /proc/loadavg is recorded before and after, and process CPU seconds are
 reported beside wall seconds. Results: a table on stdout and bench/results/engine.json.
+Peers are not quoted here: bench_vs_llamacpp.py and bench_k2_shape.py measure them in the same run.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from typing import Any, Optional
 import numpy as np
 
 PRESET, RECIPE, SEED = "medium", "q4_k_m", 0
-PEERS = {"llama.cpp": (119, 143, 32, 36), "ik_llama.cpp": (246, 282, 55, 62)}  # prompt lo/hi, decode lo/hi
 
 
 def ensure_medium(path: Optional[str]) -> Path:
@@ -167,12 +167,9 @@ def main() -> None:
     }
     res["roofline_fraction"] = res["decode_tok_s"] / res["roofline_tok_s"]
     print(f"model {path} ({r.kind}), {args.threads} threads, loadavg {load0} -> {res['loadavg_after']}")
-    print(f"{'':10s} {'tok/s':>8s} {'wall s':>8s} {'cpu s':>8s}   llama.cpp   ik_llama.cpp")
-    for k, i in (("prefill", 0), ("decode", 2)):
-        tps = res[f"{k}_tok_s"]
-        ratios = "   ".join(f"{tps / lo:.2f}-{tps / hi:.2f}x" for lo, hi in
-                            ((p[i], p[i + 1]) for p in PEERS.values()))
-        print(f"{k:10s} {tps:8.2f} {res[f'{k}_s']:8.2f} {res[f'{k}_cpu_s']:8.2f}   {ratios}")
+    print(f"{'':10s} {'tok/s':>8s} {'wall s':>8s} {'cpu s':>8s}")
+    for k in ("prefill", "decode"):
+        print(f"{k:10s} {res[f'{k}_tok_s']:8.2f} {res[f'{k}_s']:8.2f} {res[f'{k}_cpu_s']:8.2f}")
     print(f"decode median step {best['decode_median_ms']:.1f} ms = {res['decode_median_tok_s']:.2f} tok/s")
     print(f"decode roofline: {nbytes['total'] / 1e6:.0f} MB/token ({nbytes['dense'] / 1e6:.0f} dense + "
           f"{nbytes['experts'] / 1e6:.0f} experts) / {bw:.1f} GB/s = {res['roofline_tok_s']:.0f} tok/s; "

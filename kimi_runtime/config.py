@@ -384,3 +384,15 @@ def gguf_metadata(cfg: ModelConfig, legacy_kv_b: bool = False) -> dict[str, Any]
     return md
 
 
+
+
+KV_CACHE_ELEMENT_BYTES = {"f16": 2, "f32": 4}
+
+
+def kv_cache_bytes(cfg: ModelConfig, n_ctx: int, cache_type: str = "f16") -> int:
+    """Bytes of the latent KV cache for `n_ctx` positions: per layer and position the normalised latent
+    (kv_lora_rank) and the roped key (qk_rope_head_dim), in f16 or f32. The one formula the engine
+    allocates by and `run`, `inspect` and `plan` report; here so that the CLI can use it before torch."""
+    if cache_type not in KV_CACHE_ELEMENT_BYTES:
+        raise ValueError(f"cache type must be one of {', '.join(KV_CACHE_ELEMENT_BYTES)} (got {cache_type!r})")
+    return cfg.n_layer * int(n_ctx) * cfg.kv_cache_dim * KV_CACHE_ELEMENT_BYTES[cache_type]

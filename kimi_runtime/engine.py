@@ -12,23 +12,35 @@ import torch
 
 from kimi_runtime.config import ModelConfig
 from kimi_runtime.experts.provider import CachedExpertProvider, ExpertSetup, build_expert_setup, expert_bytes_by_layer
-from kimi_runtime.model.attention import KVCache
+from kimi_runtime.model.attention import CACHE_TYPES, KVCache
 from kimi_runtime.model.deepseek import DeepseekV3
 from kimi_runtime.model.linear import kernels
 from kimi_runtime.model.moe import ExpertProvider
+from kimi_runtime.model.native_step import DEFAULT_UBATCH
 from kimi_runtime.model.weights import GGUFSource, HFSource, WeightSource
 
 Ids = Union[Sequence[int], torch.Tensor]
 
 
 class Engine:
-    """attn: "auto" (naive for multi-token prefill, absorbed for decode), "naive" or "absorbed"."""
+    """attn: "auto" (the native step when it can run, else the Python layers: naive for multi-token
+    prefill, absorbed for decode), "naive" (Python reference, naive prefill) or "absorbed".
+    native: "auto", True (required) or False (the Python reference layers). cache_type: latent KV cache
+    in "f16" (default) or "f32" (exact). ubatch: tokens per micro-batch of a prompt."""
 
     def __init__(self, src: WeightSource, *, provider: Optional[ExpertProvider] = None,
                  n_ctx: Optional[int] = None, threads: Optional[int] = None, attn: str = "auto",
-                 experts: Optional[ExpertSetup] = None, trace: Optional[str] = None) -> None:
+                 experts: Optional[ExpertSetup] = None, trace: Optional[str] = None,
+                 cache_type: str = "f16", ubatch: int = DEFAULT_UBATCH,
+                 native: Union[bool, str] = "auto") -> None:
         if attn not in ("auto", "naive", "absorbed"):
             raise ValueError(f"attn must be auto, naive or absorbed (got {attn!r})")
+        if cache_type not in CACHE_TYPES:
+            raise ValueError(f"cache_type must be one of {', '.join(CACHE_TYPES)} (got {cache_type!r})")
+        if attn == "naive":
+            if native is True:
+                raise ValueError("the native step always uses absorbed attention: attn='naive' needs native=False")
+            native = False
         self.src = src
         self._set_threads(src, threads)
         self.experts = experts  # placement + cached provider (from_gguf), or None
@@ -36,7 +48,9 @@ class Engine:
             if provider is not None:
                 raise ValueError("give either a provider or expert cache options, not both")
             provider = experts.provider
-        self.model = DeepseekV3(src, provider)
+        self.model = DeepseekV3(src, provider, native=native, ubatch=ubatch)
+        if self.model.native is not None:  # the native step runs float sources on the pool as well
+            self._set_threads(src, threads, pool=True)
         self.config: ModelConfig = src.config
         self.trace_writer: Any = None
         if trace is not None:
@@ -45,7 +59,8 @@ class Engine:
         if self.n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive (got {self.n_ctx})")
         self.attn = attn
-        self.cache = KVCache(self.config, self.n_ctx)
+        self.cache_type = cache_type
+        self.cache = KVCache(self.config, self.n_ctx, cache_type)
         self._stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
 
     def _open_trace(self, path: str) -> None:
@@ -64,11 +79,12 @@ class Engine:
         self._trace_finalizer = weakref.finalize(self, w.close)
 
     @staticmethod
-    def _set_threads(src: WeightSource, threads: Optional[int]) -> None:
-        """Quantized weights run on the native thread pool; torch's OpenMP pool spinning beside it on
-        the same cores made prefill ~10x slower (2-core box), so torch gets one thread then."""
+    def _set_threads(src: WeightSource, threads: Optional[int], pool: bool = False) -> None:
+        """Quantized weights (and the native step) run on the native thread pool; torch's OpenMP pool
+        spinning beside it on the same cores made prefill ~10x slower (2-core box), so torch gets one
+        thread then."""
         k = kernels()
-        quantized = isinstance(src, GGUFSource) and src.quantized
+        quantized = pool or (isinstance(src, GGUFSource) and src.quantized)
         if k is not None and quantized:
             if threads is not None:
                 k.set_num_threads(int(threads))
@@ -83,6 +99,7 @@ class Engine:
                   cpu_moe: bool = False, n_cpu_moe: int = 0, gpu_budget: Union[int, str, None] = None,
                   ram_budget: Union[int, str, None] = None, trace: Optional[str] = None,
                   miss_policy: str = "auto", admit: Union[bool, str] = "auto", cost_model: Any = None,
+                  expert_reads: str = "auto", n_readers: Optional[int] = None, mlock: bool = False,
                   report: Union[bool, Callable[[str], None]] = True, **kw: Any) -> "Engine":
         """An engine over a GGUF file; weights stay in the mmapped file.
 
@@ -94,7 +111,9 @@ class Engine:
         `n_cpu_moe` as shorthands: experts placed on "cpu" never enter the cache.
         miss_policy: "auto" (measured cost model), "cpu" or "fetch"; admit: load CPU-computed misses
         into slots in the background (True, False, or "auto": when the cost model says hits pay);
-        cost_model: a scheduler.CostModel instead of measuring one. trace: path of a routing trace
+        cost_model: a scheduler.CostModel instead of measuring one. expert_reads: "auto" (the disk tier,
+        O_DIRECT reads by `n_readers` threads, when a ram_budget holds fewer slots than experts), "mmap",
+        "pread" or "direct"; mlock: lock the non-expert weights in RAM. trace: path of a routing trace
         written on close(). report: True prints the placement to stderr, a callable gets each line.
         """
         src = GGUFSource(path)
@@ -104,7 +123,8 @@ class Engine:
             src, cache_fraction=cache_fraction, cache_slots=cache_slots, cache_policy=cache_policy,
             prefetch=prefetch, overrides=overrides, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
             gpu_budget=gpu_budget, ram_budget=ram_budget, miss_policy=miss_policy, admit=admit,
-            cost_model=cost_model, n_ctx=int(n_ctx))
+            cost_model=cost_model, n_ctx=int(n_ctx), expert_reads=expert_reads, n_readers=n_readers,
+            mlock=mlock)
         if report:
             emit = report if callable(report) else (lambda line: print(f"placement: {line}", file=sys.stderr))
             for line in setup.lines:
@@ -186,12 +206,15 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Token counts, seconds and tokens/s for prefill and decode, the KV cache size and, with the
         expert cache, `layers` (per MoE layer: hits, misses, prefetch_hits, bytes_loaded, evictions,
-        stall_seconds, cpu_misses, fetched, ...) with totals, hit_rate and the prefetcher's accuracy."""
+        stall_seconds, cpu_misses, fetched, ...) with totals, hit_rate, the prefetcher's accuracy and
+        `tiers` (per tier of the cache chain - ram, disk: hits, misses, bytes, stall_seconds, ...)."""
         s: dict[str, Any] = dict(self._stats)
         for k in ("prefill", "decode"):
             s[f"{k}_tok_s"] = s[f"{k}_tokens"] / s[f"{k}_s"] if s[f"{k}_s"] > 0 else 0.0
         s["n_past"] = self.cache.length
         s["kv_cache_bytes"] = self.cache.nbytes
+        s["cache_type"] = self.cache_type
+        s["native_step"] = self.model.native is not None
         if self.experts is not None:
             s.update(self.experts.stats())
         return s
@@ -205,6 +228,8 @@ class Engine:
     def close(self) -> None:
         """Write the routing trace (if any); the engine stays usable, tracing stops."""
         if self.trace_writer is not None:
+            if self.experts is not None and self.experts.provider is not None:
+                self.trace_writer.meta["tiers"] = self.experts.tier_stats()  # the cache chain's counters
             self.model.set_observer(None)
             if isinstance(self.provider, CachedExpertProvider):
                 self.provider.on_predict = None

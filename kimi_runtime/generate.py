@@ -139,6 +139,15 @@ class Generator:
         self._sampler_factory = sampler_factory
         self.think_open = _single_token(tokenizer, "<think>")
         self.think_close = _single_token(tokenizer, "</think>")
+        # Tool-call markers are control tokens in Kimi's vocabulary: decoded as text anyway, since the
+        # server parses calls out of the answer; the section's start also ends a reasoning block.
+        from kimi_runtime.text.toolcalls import MARKERS, SECTION_BEGIN
+        self.keep_special: dict[int, str] = {}
+        for m in MARKERS:
+            i = _single_token(tokenizer, m)
+            if i is not None:
+                self.keep_special[i] = m
+        self.section_begin = _single_token(tokenizer, SECTION_BEGIN)
         # Totals over the generator's life; the server's /metrics and the tests read these.
         self.total_generated = 0
         self.total_cancelled = 0
@@ -169,14 +178,15 @@ class Generator:
         return int(getattr(self.engine, "n_ctx", 0) or self.engine.config.context_length)
 
     def render_chat(self, messages: Sequence[dict], thinking: bool = False,
-                    tools: Optional[list] = None) -> list[int]:
+                    tools: Optional[list] = None, template_kwargs: Optional[dict] = None) -> list[int]:
         """Chat messages -> prompt ids through the chat template (special tokens parsed whole)."""
         if self.template is None:
             raise ValueError("this generator has no chat template")
         if not messages:
             raise ValueError("messages must not be empty")
+        extra = {"template_kwargs": template_kwargs} if template_kwargs else {}
         text = self.template.render(list(messages), add_generation_prompt=True,
-                                    thinking=thinking, tools=tools)
+                                    thinking=thinking, tools=tools, **extra)
         return self.tokenizer.encode(text, add_bos=False, parse_special=True)
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -202,10 +212,11 @@ class Generator:
 
     def chat(self, messages: Sequence[dict], params: Any, thinking: bool = False,
              stream: bool = True, cancel: CancelToken = None,
-             tools: Optional[list] = None) -> Iterator[GenerationEvent]:
+             tools: Optional[list] = None, constraint: Any = None) -> Iterator[GenerationEvent]:
         """Renders the conversation and generates the assistant's reply."""
         ids = self.render_chat(messages, thinking=thinking, tools=tools)
-        return self.generate(ids, params, stream=stream, cancel=cancel, extra_stops=self.chat_stops)
+        return self.generate(ids, params, stream=stream, cancel=cancel, extra_stops=self.chat_stops,
+                             constraint=constraint)
 
     @property
     def chat_stops(self) -> list[str]:
@@ -230,9 +241,11 @@ class Generator:
 
     def generate(self, prompt_ids: Sequence[int], params: Any, stream: bool = True,
                  cancel: CancelToken = None, ignore_eos: bool = False,
-                 extra_stops: Sequence[str] = ()) -> Iterator[GenerationEvent]:
+                 extra_stops: Sequence[str] = (), constraint: Any = None) -> Iterator[GenerationEvent]:
         """Yields events as tokens are sampled (stream=True) or one final event holding everything.
         `extra_stops` add to params.stop (chat turn ends); `ignore_eos` also drops them.
+        `constraint` (text.grammar.Constraint: mask(logits), accept(id)) limits every sampled token to
+        a grammar; the generation ends at the end-of-generation id the finished grammar leaves.
         Validation happens before the first event, so a bad request raises ValueError at call time."""
         ids = [int(t) for t in prompt_ids]
         vocab = int(getattr(self.tokenizer, "n_vocab", 0) or 0)
@@ -240,7 +253,7 @@ class Generator:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         max_tokens = self.check_budget(len(ids), getattr(params, "max_tokens", None))
         events = self._run(ids, params, max_tokens, cancel, ignore_eos,
-                           [] if ignore_eos else list(extra_stops))
+                           [] if ignore_eos else list(extra_stops), constraint)
         return events if stream else self._collapse(events)
 
     # ---- internals
@@ -255,12 +268,14 @@ class Generator:
                                       ev.finish_reason, ev.usage, ev.timings)
 
     def _run(self, ids: list[int], params: Any, max_tokens: int, cancel: CancelToken,
-             ignore_eos: bool, extra_stops: list[str]) -> Iterator[GenerationEvent]:
+             ignore_eos: bool, extra_stops: list[str], constraint: Any = None) -> Iterator[GenerationEvent]:
         sampler = self._sampler_factory(params)
         decoder = self._decoder_factory(self.tokenizer)
         stops = getattr(params, "stop", None) or []
         matcher = StopMatcher(([stops] if isinstance(stops, str) else list(stops)) + extra_stops)
-        eog = set() if ignore_eos else set(getattr(self.tokenizer, "eog_ids", ()) or ())
+        eog = set() if ignore_eos and constraint is None else set(getattr(self.tokenizer, "eog_ids", ()) or ())
+        if constraint is not None:
+            matcher = StopMatcher([])  # a stop string must not cut a grammar's output short
         reasoning = self.think_open is not None and len(ids) > 0 and ids[-1] == self.think_open
         history = list(ids)
         tm = Timings(prefill_tokens=len(ids))
@@ -272,7 +287,7 @@ class Generator:
             t0 = time.perf_counter()
             logits, reused = self._prefill(ids)
             tm.prefill_tokens = len(ids) - reused  # speed counts only tokens actually computed
-            tok = int(sampler.sample(logits, history, n_prompt=len(ids)))
+            tok = self._sample(sampler, logits, history, len(ids), constraint)
             tm.prefill_s = time.perf_counter() - t0
             while True:
                 n_out += 1
@@ -282,7 +297,19 @@ class Generator:
                     finish, last_id = "stop", tok
                     break
                 hit = False
-                if tok == self.think_open or tok == self.think_close:
+                if tok in self.keep_special:
+                    piece = decoder.flush()
+                    if reasoning and tok == self.section_begin:  # calls end the reasoning
+                        if piece:
+                            yield GenerationEvent(reasoning=piece)
+                        piece, reasoning = "", False
+                    piece += self.keep_special[tok]
+                    if reasoning:
+                        yield GenerationEvent(reasoning=piece, token_id=tok)
+                    else:
+                        text, hit = matcher.push(piece)
+                        yield GenerationEvent(text=text, token_id=tok)
+                elif tok == self.think_open or tok == self.think_close:
                     # The markers switch channels and are not text; held content is released first.
                     held = "" if reasoning else matcher.flush()
                     reasoning = tok == self.think_open
@@ -306,7 +333,7 @@ class Generator:
                 logits = self.engine.decode(tok)
                 self._ctx.append(tok)
                 t2 = time.perf_counter()
-                tok = int(sampler.sample(logits, history, n_prompt=len(ids)))
+                tok = self._sample(sampler, logits, history, len(ids), constraint)
                 tm.sample_s += time.perf_counter() - t2
                 tm.decode_s += time.perf_counter() - t1
                 tm.decode_tokens += 1
@@ -332,6 +359,14 @@ class Generator:
         else:
             yield GenerationEvent(text=tail, token_id=last_id, finish_reason=finish, usage=usage,
                                   timings=tm)
+
+    @staticmethod
+    def _sample(sampler: Any, logits: Any, history: list[int], n_prompt: int, constraint: Any) -> int:
+        if constraint is None:
+            return int(sampler.sample(logits, history, n_prompt=n_prompt))
+        tok = int(sampler.sample(constraint.mask(logits), history, n_prompt=n_prompt))
+        constraint.accept(tok)
+        return tok
 
     def _prefill(self, ids: list[int]) -> tuple[Any, int]:
         """Prefills what the KV cache lacks: everything, or the tail after a cached prefix. With an

@@ -15,6 +15,13 @@ import numpy as np
 from kimi_runtime._native import C
 from kimi_runtime.quant import QTypeLike, dequantize, qtype_info, row_bytes
 
+_NEEDED = ("ExpertRef", "gemm", "gemm_heads", "gemv_best_isa", "gemv_isa", "gemv_kernel_path", "moe_ffn",
+           "num_threads", "set_gemv_isa", "set_num_threads")
+_missing = [n for n in _NEEDED if not hasattr(C, n)]
+if _missing:  # an extension built from older sources than this Python side
+    raise ImportError(f"kimi_runtime's native extension {getattr(C, '__file__', '_C')} is stale (no "
+                      f"{', '.join(_missing)}); rebuild it: `pip install -e .` or scripts/dev_build.sh")
+
 __all__ = [
     "gemv", "gemm", "gemm_heads", "matmul", "ExpertRef", "expert_ref", "moe_ffn",
     "set_num_threads", "num_threads", "set_isa", "isa", "best_isa", "kernel_path", "MAX_BATCH",
@@ -75,6 +82,12 @@ def kernel_path(qtype: QTypeLike) -> str:
     """Which kernel a weight type runs on under the current ISA, e.g. ``"avx512/int8"`` or
     ``"avx2/dequant+f32"`` (formats without an integer kernel are dequantized row by row)."""
     return str(C.gemv_kernel_path(qtype_info(qtype).id))
+
+
+def has_multirow(qtype: QTypeLike) -> bool:
+    """Whether batches of this weight type run a multi-row kernel (each weight block decoded once for
+    up to 4 activation rows) under the current ISA."""
+    return bool(C.gemv_kernel_multirow(qtype_info(qtype).id))
 
 
 def _weight_view(raw: Any) -> np.ndarray:

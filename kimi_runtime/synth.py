@@ -21,6 +21,7 @@ from kimi_runtime.config import ARCH, ModelConfig, RopeScaling, gguf_metadata, h
 from kimi_runtime.gguf import names
 from kimi_runtime.gguf.format import VType, tensor_nbytes
 from kimi_runtime.gguf.writer import TensorSpec, Typed, write_gguf
+from kimi_runtime.known_models import KNOWN_MODELS
 from kimi_runtime.synth_blocks import FLOAT_TYPES, encode, to_floats
 from kimi_runtime.synth_recipes import RecipeSpec, resolve_recipe, tensor_type
 from kimi_runtime.synth_vocab import build_synthetic_vocab, hf_tokenizer_files
@@ -65,10 +66,14 @@ PRESETS: dict[str, ModelConfig] = {
     "medium": _cfg(n_vocab=32000, n_embd=2048, n_layer=8, n_ff=11008, n_ff_exp=1024, n_head=16, q_lora_rank=512,
                    kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
                    n_expert=64, n_expert_used=6),
+    # Kimi K2's real dimensions (known_models "kimi-k2": 7168 hidden, 64 heads, 384 experts / 8 active,
+    # YaRN x32 beta 1/1, n_group 1) cut to a few layers; `synth --layers/--experts` sets the slice
+    "k2-slice": dataclasses.replace(KNOWN_MODELS["kimi-k2"], n_layer=4, routed_scaling_factor=_f32(2.827),
+                                    rms_norm_eps=_f32(1e-6)),
 }
 
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15, "default": 15, "q2_k": 10, "iq1_s": 24, "bf16": 32,
-               "tq1_0": 36, "mxfp4": 38}
+               "tq1_0": 36, "mxfp4": 38, "ud-tq1_0": 36, "ud-iq1_s": 24, "ud-q2_k_xl": 10}
 
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
@@ -270,11 +275,16 @@ def write_hf_config(cfg: ModelConfig, hf_dir: Path, vocab: Mapping[str, Any]) ->
 
 def write_synthetic(preset: Union[str, ModelConfig], out_path: Union[str, Path], *, recipe: RecipeSpec = "default",
                     hf_dir: Union[str, Path, None] = None, split: Optional[int] = None, seed: int = 0,
-                    legacy_kv_b: bool = False, fused_gate_up: bool = False, progress: bool = True) -> Path:
+                    legacy_kv_b: bool = False, fused_gate_up: bool = False, progress: bool = True,
+                    n_layer: Optional[int] = None, n_expert: Optional[int] = None) -> Path:
     """Write a seeded synthetic model; returns the GGUF path (the first part when split).
     `preset`: a PRESETS name or a ModelConfig; `recipe`: a recipe name or {role: type, "base": name};
-    `hf_dir`: also write the HF copy there; `split`: number of parts; `legacy_kv_b`: attn_kv_b layout."""
+    `hf_dir`: also write the HF copy there; `split`: number of parts; `legacy_kv_b`: attn_kv_b layout;
+    `n_layer` / `n_expert`: replace the preset's depth / routed-expert count (e.g. a K2 slice)."""
     cfg = preset_config(preset) if isinstance(preset, str) else preset
+    over = {k: v for k, v in (("n_layer", n_layer), ("n_expert", n_expert)) if v is not None}
+    if over:
+        cfg = dataclasses.replace(cfg, **over)
     preset_name = preset if isinstance(preset, str) else "custom"
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,16 @@ RECIPES: dict[str, dict[str, str]] = {
 }
 RECIPES["default"] = RECIPES["q4_k_m"]
 
+# Unsloth-dynamic-like recipes of the real Kimi K2 files (UD-TQ1_0, UD-IQ1_S, UD-Q2_K_XL): routed
+# experts low-bit with down_exps one step higher, token_embd Q4_K, output Q6_K, attn_k_b (128-wide rows)
+# Q8_0, the latent projection and the shared expert's down at 8 bits, the rest at 4-6 bits.
+_UD = {"attn_kv_a_mqa": "Q8_0", "ffn_down_shexp": "Q8_0"}
+RECIPES.update({
+    "ud-tq1_0": _experts("TQ1_0", "IQ1_M", **_UD),
+    "ud-iq1_s": _experts("IQ1_S", "IQ2_XXS", **_UD),
+    "ud-q2_k_xl": _experts("Q2_K", "Q3_K", **_UD, attn_q_b="Q6_K", attn_output="Q6_K"),
+})
+
 # llama.cpp (llama-quant.cpp) when ne0 is not a multiple of 256
 _FALLBACK = {
     QType.TQ1_0: QType.Q4_0, QType.TQ2_0: QType.Q4_0,

@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("kimi_runtime.kernels")
-
-from kimi_runtime.engine import Engine  # noqa: E402
-from kimi_runtime.experts.provider import CachedExpertProvider  # noqa: E402
-from kimi_runtime.experts.scheduler import CostModel  # noqa: E402
-from kimi_runtime.experts.trace import load_trace  # noqa: E402
+from kimi_runtime.engine import Engine
+from kimi_runtime.experts.provider import CachedExpertProvider
+from kimi_runtime.experts.scheduler import CostModel
+from kimi_runtime.experts.trace import load_trace
 
 SEQ = 24
-PROMPT = 12  # > FUSED_MAX_TOKENS: the grouped (per-expert gemm) path
+PROMPT = 12  # a multi-token prefill: the fused kernel with several tokens per expert
 # GPU-like: one token per expert stays on the CPU, from ~9 tokens per expert a fetch pays.
 GPU_LIKE = CostModel(cpu_stream=1 / 50e9, cpu_token=1 / 400e9, load=1 / 25e9, dev_stream=1 / 1000e9,
                      dev_token=1 / 20000e9)

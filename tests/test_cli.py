@@ -36,7 +36,8 @@ def test_run_streams_and_reports_speed(tiny_gguf: str, capsys: pytest.CaptureFix
 def test_run_raw_greedy_verbose(tiny_gguf: str, capsys: pytest.CaptureFixture) -> None:
     rc, out, err = _run(capsys, ["--verbose", "run", tiny_gguf, "-p", "abc", "-n", "3", "--raw",
                                  "--preset", "greedy"])
-    assert rc == 0 and "sampling" in err and "engine decode_tokens" in err
+    assert rc == 0 and "sampling" in err and "engine decode: " in err and "tok/s" in err
+    assert "e+0" not in err and "inf" not in err  # readable units, not raw float dumps
 
 
 def test_chat_commands(tiny_gguf: str, capsys: pytest.CaptureFixture,
@@ -44,7 +45,7 @@ def test_chat_commands(tiny_gguf: str, capsys: pytest.CaptureFixture,
     monkeypatch.setattr(sys, "stdin", io.StringIO("hi there\n/stats\n/reset\n/bogus\nagain\n/quit\nnever\n"))
     rc, out, err = _run(capsys, ["chat", tiny_gguf, "-n", "3", "--seed", "1"])
     assert rc == 0
-    assert "(history: 2 messages)" in err and "(conversation cleared)" in err
+    assert "history: 2 messages" in err and "(conversation and stats cleared)" in err
     assert "unknown command /bogus" in err and "tok/s" in err
 
 

@@ -218,12 +218,20 @@ def test_membw_probe() -> None:
         C.membw_read_gbs(1000, 1)
 
 
-@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_XS], ids=lambda t: t.name)
+# Formats with a multi-row kernel on both SIMD builds (the expert formats of real Kimi files among them).
+MULTIROW = [T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_XS, T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS,
+            T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.TQ1_0, T.TQ2_0]
+
+
+@pytest.mark.parametrize("qtype", MULTIROW, ids=lambda t: t.name)
 def test_multirow_bit_identical_to_single_row(qtype: T, isa: str) -> None:
     """Batches use the multi-row kernels (one weight-block decode for up to 4 activation rows),
     which keep each row's accumulation order: every output must equal the n=1 call exactly.
     n = 11 covers full groups of 4 and a remainder of 3."""
     from kimi_runtime._native import C
+
+    if isa != "scalar":
+        assert kernels.has_multirow(qtype), f"{qtype.name} has no multi-row kernel on {isa}"
 
     rows, cols, n = 9, 3 * 256, 11
     raw = random_weights(qtype, rows, cols, seed=31 + int(qtype))

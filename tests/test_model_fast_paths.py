@@ -7,13 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from kimi_runtime.model.linear import HeadLinear, kernels, float_from_raw
+from kimi_runtime.model.linear import HeadLinear, float_from_raw
 from kimi_runtime.model.weights import GGUFSource
 
-needs_kernels = pytest.mark.skipif(kernels() is None, reason="native kernels not built")
-
-
-@needs_kernels
 @pytest.mark.parametrize("T", [1, 3])
 def test_head_linear_matches_float_heads(tiny_gguf: str, T: int) -> None:
     """Per-head kernel calls equal float bmm on the dequantized weight up to activation quantization."""
@@ -38,7 +34,6 @@ def test_head_linear_matches_float_heads(tiny_gguf: str, T: int) -> None:
     assert err > 0  # the kernel really ran (float would be bit-identical-ish)
 
 
-@needs_kernels
 def test_float_head_linear_is_exact_float(tiny_gguf: str) -> None:
     """The default decode path: per-head native calls on float32 weights equal torch's bmm."""
     src = GGUFSource(tiny_gguf)
@@ -50,7 +45,6 @@ def test_float_head_linear_is_exact_float(tiny_gguf: str) -> None:
     torch.testing.assert_close(hl(x), torch.bmm(x, w.transpose(1, 2)), rtol=1e-5, atol=1e-5)
 
 
-@needs_kernels
 def test_absorbed_decode_uses_head_calls_and_matches_naive(tiny_gguf: str, monkeypatch) -> None:
     import kimi_runtime.model.attention as A
     from kimi_runtime.model.rope import Rope
@@ -71,7 +65,6 @@ def test_absorbed_decode_uses_head_calls_and_matches_naive(tiny_gguf: str, monke
         assert (outs[0] - ref).abs().max().item() <= tol * ref.abs().max().item()
 
 
-@needs_kernels
 def test_head_linear_rejects_short_bytes() -> None:
     from gguf import GGMLQuantizationType as Q
 
@@ -79,7 +72,6 @@ def test_head_linear_rejects_short_bytes() -> None:
         HeadLinear(np.zeros(100, np.uint8), Q.Q8_0, 2, 4, 32)
 
 
-@needs_kernels
 @pytest.mark.parametrize("T,chunk", [(1, 512), (20, 512), (20, 7)])
 def test_shared_expert_folded_into_fused_call(tiny_gguf: str, T: int, chunk: int, monkeypatch) -> None:
     import kimi_runtime.model.moe as moe

@@ -1,4 +1,6 @@
-"""The native module loads, reports CPU features and resizes its thread pool."""
+"""The native module loads, reports CPU features and resizes its thread pool; a stale one is an error."""
+import pytest
+
 from kimi_runtime import _native
 
 
@@ -46,3 +48,30 @@ def test_thread_pool_many_small_jobs_are_deterministic():
                 assert np.array_equal(kernels.gemm(w, "Q8_0", rows, cols, x), ref)
     finally:
         _native.C.set_num_threads(old)
+
+
+def test_stale_extension_is_an_import_error(monkeypatch):
+    """kimi_runtime.kernels over a _C that lacks a function it needs fails loudly (no silent fallback)."""
+    import importlib
+    import sys
+
+    import kimi_runtime.kernels  # noqa: F401  (loaded, so that undo() puts it back)
+    from kimi_runtime import _native
+
+    class Stale:
+        __file__ = "stale_C.so"
+
+    monkeypatch.setattr(_native, "C", Stale())
+    monkeypatch.delitem(sys.modules, "kimi_runtime.kernels", raising=False)
+    with pytest.raises(ImportError, match="stale"):
+        importlib.import_module("kimi_runtime.kernels")
+    monkeypatch.undo()  # the real module is back in sys.modules
+    assert sys.modules["kimi_runtime.kernels"].gemm is not None
+
+
+def test_model_kernels_are_required(monkeypatch):
+    from kimi_runtime.model import linear
+
+    assert linear.kernels() is not None  # the native kernels, not a fallback
+    monkeypatch.setenv("KR_KERNELS", "0")
+    assert linear.kernels() is None  # only on explicit request

@@ -103,3 +103,72 @@ def test_roofline_by_hand():
     # Hit rates only help.
     rates = [predict(fp, p, bw, h).tok_per_s for h in (0, 0.5, 0.9, 1.0)]
     assert rates == sorted(rates)
+
+
+def test_parse_size_bare_numbers_are_gib():
+    assert parse_size("24") == 24 << 30
+    assert parse_size("0.5") == 512 << 20
+    assert parse_size("4096B") == 4096 and parse_size("1000000b") == 1_000_000
+    with pytest.raises(ValueError, match="no unit"):
+        parse_size("1000000")  # bytes or GiB? refused rather than guessed
+
+
+def _k2(recipe="UD-TQ1_0"):
+    from kimi_runtime.known_models import RECIPES
+
+    cfg = KNOWN_MODELS["kimi-k2"]
+    return Footprint.from_config(cfg, RECIPES[recipe].type_for(cfg))
+
+
+def test_cpu_moe_experts_are_not_subtracted_from_their_own_ram():
+    # UD-TQ1_0 (241 GB) with 24 GiB + 256 GiB: every routed expert fits in the page cache.
+    fp = _k2()
+    cfg = fp.config
+    b = Budget(gpu_bytes=24 << 30, ram_bytes=256 << 30, ctx=32768)
+    for rules in (moe_rules(cfg, cpu_moe=True), [parse_override("exps=CPU")]):
+        p = auto_fit(fp, b, rules)
+        assert p.cpu_expert_bytes == fp.expert_bytes_total and p.cpu_resident == 0
+        assert p.spill_fraction == 0.0
+        pr = predict(fp, p, Bandwidths(), 0.0, b.ram_bytes)
+        assert pr.disk_bytes == 0
+        t = fp.non_expert_bytes_per_token() / 1000e9 + fp.expert_bytes_per_token / 70e9
+        assert pr.tok_per_s == pytest.approx(1 / t, rel=1e-6)
+    # With 128 GiB only part of them fits: the rest comes from disk, in proportion.
+    p = auto_fit(fp, Budget(gpu_bytes=24 << 30, ram_bytes=128 << 30, ctx=32768), moe_rules(cfg, cpu_moe=True))
+    spill = 1 - (128 << 30) / fp.expert_bytes_total
+    assert p.spill_fraction == pytest.approx(spill)
+    pr = predict(fp, p, Bandwidths(), 0.0, 128 << 30)
+    assert pr.disk_bytes == pytest.approx(spill * fp.expert_bytes_per_token, rel=1e-6)
+
+
+def test_cpu_moe_without_gpu_does_not_need_ram_for_a_fixed_copy():
+    # Experts stay in the mmapped file: a RAM budget below their size is slower, not a failure.
+    fp = _k2()
+    p = auto_fit(fp, Budget(gpu_bytes=0, ram_bytes=64 << 30, ctx=4096), moe_rules(fp.config, cpu_moe=True))
+    assert p.tier == "host" and 0 < p.spill_fraction < 1
+
+
+def test_cuda_reserve_comes_out_of_vram():
+    from kimi_runtime.experts.placement import CUDA_RESERVE
+
+    fp = _k2("UD-Q2_K_XL")
+    b = Budget(gpu_bytes=24 << 30, ram_bytes=256 << 30, ctx=32768)
+    p = auto_fit(fp, b)
+    assert p.gpu_reserve == CUDA_RESERVE == b.gpu_reserve > 0
+    assert p.vram_used <= b.gpu_bytes < p.vram_used + p.slot_bytes
+    assert "CUDA context" in p.summary()
+    assert auto_fit(fp, Budget(gpu_bytes=0, ram_bytes=1 << 40)).gpu_reserve == 0  # no GPU, no CUDA
+
+
+def test_kernel_efficiency_by_format_by_hand():
+    fp = kimi()  # Q2_K experts
+    p = auto_fit(fp, Budget(gpu_bytes=24 << 30, ram_bytes=1 << 40, ctx=4096))
+    bw = Bandwidths(vram=1000e9, pcie=25e9, ram=70e9, nvme=6e9)
+    per_tok = 8 * 60 * 14_450_688
+    slow = predict(fp, p, bw, 0.0, cpu_efficiency=lambda t: 0.5 if t == "Q2_K" else 1.0)
+    # Q2_K misses now stream at 35 GB/s: still faster than a 25 GB/s PCIe fetch.
+    assert slow.miss_path == "cpu"
+    assert slow.cpu_seconds == pytest.approx(per_tok / 35e9)
+    assert slow.tok_per_s == pytest.approx(1 / (fp.non_expert_bytes_per_token() / 1000e9 + per_tok / 35e9))
+    slower = predict(fp, p, bw, 0.0, cpu_efficiency=lambda t: 0.2)
+    assert slower.miss_path == "fetch"  # 14 GB/s on the CPU: fetching over PCIe wins

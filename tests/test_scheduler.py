@@ -79,7 +79,6 @@ def test_admission_follows_whether_hits_pay() -> None:
 
 
 def test_measured_cost_model_is_positive_and_cached(tiny_gguf) -> None:
-    pytest.importorskip("kimi_runtime.kernels")
     from kimi_runtime.model.moe import DirectExpertProvider
     from kimi_runtime.model.weights import GGUFSource
 
@@ -134,3 +133,55 @@ def test_breakeven_edge_cases() -> None:
     free_fetch = CostModel(cpu_stream=1e-9, cpu_token=1e-12, load=0.0, dev_stream=1e-10, dev_token=1e-13)
     assert free_fetch.breakeven_tokens() == 0.0
     assert np.isfinite(GPU_LIKE.as_dict()["breakeven_tokens"])
+
+
+def test_disk_read_rate_is_measured_cold(tmp_path) -> None:
+    from kimi_runtime.experts.scheduler import measure_disk_read
+
+    path = tmp_path / "blob.bin"
+    np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8).tofile(path)
+    ranges = [(str(path), off, 300_000) for off in range(17, 8 << 20, 1 << 20) if off + 300_000 < 8 << 20]
+    r = measure_disk_read(ranges, n_readers=3, key=("blob", 3))
+    assert r["direct"]  # /tmp is a disk file system: O_DIRECT, the page cache cannot answer
+    assert r["n_ranges"] == len(ranges) and r["bytes"] >= sum(n for _, _, n in ranges)
+    assert r["bytes"] % 4096 == 0 and r["bytes_per_s"] > 0 and r["seconds"] > 0
+    assert measure_disk_read(ranges, key=("blob", 3)) is r  # cached per process
+    with pytest.raises(ValueError, match="no ranges"):
+        measure_disk_read([])
+
+
+def test_disk_model_predicts_tok_s_larger_than_ram() -> None:
+    from kimi_runtime.experts.disk_model import compute_bps_from_run, predict_disk_decode
+    from kimi_runtime.experts.placement import Footprint, PlacementError
+    from kimi_runtime.synth import plan_tensors, preset_config
+
+    cfg = preset_config("medium")
+    import gguf
+
+    types = {p.spec.name: gguf.GGMLQuantizationType(int(p.spec.ggml_type)) for p in plan_tensors(cfg, "default")}
+    fp = Footprint.from_config(cfg, lambda name, ne: types[name])
+    assert fp.expert_bytes_total > 1 << 30
+    fit = fp.non_expert_bytes + (512 << 20) + (256 << 20)
+    small = predict_disk_decode(fp, fit, 400e6, compute_bps=20e9)
+    big = predict_disk_decode(fp, fit + fp.expert_bytes_total // 2, 400e6, compute_bps=20e9)
+    assert 0 < small.slots < big.slots < small.n_cacheable
+    assert small.hit_rate < big.hit_rate < 1 and small.tok_per_s < big.tok_per_s
+    assert small.bound == "disk" and small.tok_per_s == pytest.approx(1 / small.disk_seconds)
+    assert small.tok_per_s_serial < small.tok_per_s  # overlap is worth something
+    # Every expert missed: a token reads top-k experts of every MoE layer from disk.
+    none = predict_disk_decode(fp, fit, 400e6, compute_bps=20e9, hit_rate=0.0)
+    per_tok = cfg.n_expert_used * sum(fp.expert_bytes(l) + 3 * 4096 for l in fp.moe_layers)
+    assert none.disk_bytes_per_token == per_tok
+    fast = predict_disk_decode(fp, fit, 1e12, compute_bps=1e9)
+    assert fast.bound == "compute"
+    assert compute_bps_from_run(fp, 2.0) == 2.0 * (fp.non_expert_bytes_per_token() + fp.expert_bytes_per_token)
+    with pytest.raises(PlacementError):
+        predict_disk_decode(fp, 100 << 20, 400e6, compute_bps=20e9)
+
+
+def test_cold_read_rate_of_a_model(tiny_gguf) -> None:
+    from kimi_runtime.experts.disk_model import cold_read_rate
+    from kimi_runtime.model.weights import GGUFSource
+
+    r = cold_read_rate(GGUFSource(tiny_gguf).model, n_readers=2, n_ranges=4, range_bytes=64 << 10)
+    assert r["n_ranges"] == 4 and r["bytes_per_s"] > 0 and r["direct"]

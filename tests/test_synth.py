@@ -2,6 +2,8 @@
 loadable by transformers), kv_b reconstruction, split output, the vocabulary and the CLI."""
 from __future__ import annotations
 
+import collections
+import dataclasses
 import hashlib
 import json
 import math
@@ -64,6 +66,40 @@ def test_preset_rows_fit_their_types(preset):
         assert p.spec.ne[0] % block_info(p.spec.ggml_type)[0] == 0, p.spec
 
 
+def test_k2_slice_is_kimi_k2_cut_to_a_few_layers():
+    from kimi_runtime.known_models import KNOWN_MODELS
+
+    k2, c = KNOWN_MODELS["kimi-k2"], PRESETS["k2-slice"]
+    # the same config but float fields snapped to float32 (the GGUF stores them so)
+    assert dataclasses.replace(c, n_layer=k2.n_layer, routed_scaling_factor=k2.routed_scaling_factor,
+                               rms_norm_eps=k2.rms_norm_eps) == k2
+    assert c.routed_scaling_factor == pytest.approx(2.827, rel=1e-6)
+    assert (c.n_embd, c.n_head, c.q_lora_rank, c.kv_lora_rank, c.qk_rope_head_dim) == (7168, 64, 1536, 512, 64)
+    assert (c.n_expert, c.n_expert_used, c.n_expert_shared, c.n_ff_exp, c.n_ff) == (384, 8, 1, 2048, 18432)
+    assert (c.n_vocab, c.n_group, c.n_leading_dense, c.n_layer) == (163840, 1, 1, 4)
+    rs = c.rope_scaling
+    assert (rs.type, rs.factor, rs.beta_fast, rs.beta_slow) == ("yarn", 32.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("recipe,per_expert", [
+    ("ud-iq1_s", 2 * 7168 * 2048 // 256 * 50 + 7168 * 2048 // 256 * 66),  # IQ1_S gate/up, IQ2_XXS down
+    ("ud-q2_k_xl", 2 * 7168 * 2048 // 256 * 84 + 7168 * 2048 // 256 * 110),  # Q2_K gate/up, Q3_K down
+    ("ud-tq1_0", 2 * 7168 * 2048 // 256 * 54 + 7168 * 2048 // 256 * 56),  # TQ1_0 gate/up, IQ1_M down
+])
+def test_k2_slice_recipes_plan(recipe, per_expert):
+    cfg = preset_config("k2-slice", n_layer=3, n_expert=16)
+    plans = {p.spec.name: p.spec for p in plan_tensors(cfg, recipe)}
+    assert plans["token_embd.weight"].ggml_type == QType.Q4_K and plans["output.weight"].ggml_type == QType.Q6_K
+    assert plans["blk.1.attn_k_b.weight"].ggml_type == QType.Q8_0  # 128-wide rows
+    assert plans["blk.0.ffn_gate.weight"].ne == (7168, 18432) and "blk.0.ffn_gate_exps.weight" not in plans
+    exp = sum(plans[f"blk.1.ffn_{w}_exps.weight"].nbytes for w in ("gate", "up", "down"))
+    assert exp == 16 * per_expert
+    for s in plans.values():
+        from kimi_runtime.gguf.format import block_info
+
+        assert s.ne[0] % block_info(s.ggml_type)[0] == 0, s
+
+
 def test_tiny_writes_fast(tmp_path):
     write_synthetic("tiny", tmp_path / "warm.gguf", progress=False)  # imports, vocab, calibration
     t0 = time.perf_counter()
@@ -79,6 +115,7 @@ EXPECTED_EXPERT_TYPES = {
     "default": ("Q4_K", "Q6_K"), "q4_k_m": ("Q4_K", "Q6_K"), "q2_k": ("Q2_K", "Q3_K"),
     "iq1_s": ("IQ1_S", "IQ2_XXS"), "tq1_0": ("TQ1_0", "TQ2_0"), "mxfp4": ("MXFP4", "MXFP4"),
     "q8_0": ("Q8_0", "Q8_0"), "f16": ("F16", "F16"), "bf16": ("BF16", "BF16"), "f32": ("F32", "F32"),
+    "ud-tq1_0": ("TQ1_0", "IQ1_M"), "ud-iq1_s": ("IQ1_S", "IQ2_XXS"), "ud-q2_k_xl": ("Q2_K", "Q3_K"),
 }
 
 
@@ -107,6 +144,29 @@ def test_recipe_types_and_weight_statistics(synth_model, recipe):
         assert np.isfinite(embd).all() and 0.8 < embd.std() < 1.2
         bias = m.array("blk.1.exp_probs_b.bias")
         assert bias.shape == (cfg.n_expert,) and np.abs(bias).max() < 0.5
+
+
+@pytest.mark.parametrize("recipe", ["default", "ud-iq1_s", "ud-q2_k_xl", "ud-tq1_0"])
+def test_tokens_route_to_many_experts(synth_model, recipe):
+    """Blocks whose mins do not balance the mean give every hidden state a common direction and every
+    token the same top-k (a prompt benchmark then measures a dense batch); a seeded 48-token prompt
+    must spread over most experts of each layer."""
+    from kimi_runtime.engine import Engine
+
+    m = synth_model("tiny", recipe)
+    eng = Engine.from_gguf(m.gguf, report=False)
+    seen: dict[int, list[np.ndarray]] = {}
+    eng.model.set_observer(lambda layer, pos, ids, w: seen.setdefault(layer, []).append(ids.numpy().copy()))
+    cfg = eng.config
+    eng.logits(np.random.default_rng(0).integers(0, cfg.n_vocab - 16, 48).tolist())
+    assert sorted(seen) == cfg.moe_layers
+    for layer, chunks in seen.items():
+        ids = np.concatenate(chunks)
+        counts = np.bincount(ids.ravel(), minlength=cfg.n_expert)
+        assert (counts > 0).sum() >= 0.75 * cfg.n_expert, (layer, counts)
+        assert counts.max() < 0.8 * ids.shape[0], (layer, counts)  # no expert taken by nearly every token
+        top_sets = collections.Counter(tuple(sorted(row)) for row in ids.tolist())
+        assert top_sets.most_common(1)[0][1] <= 0.25 * ids.shape[0], (layer, top_sets.most_common(3))
 
 
 def test_recipe_overrides_and_fallbacks():
@@ -331,6 +391,18 @@ def test_cli_synth_and_inspect(tmp_path, capsys):
     assert main(["inspect", str(first)]) == 0
     text = capsys.readouterr().out
     assert "bytes by type" in text and "disk + RAM + VRAM" in text and "per expert" in text
+
+
+def test_cli_synth_layers_and_experts(tmp_path, capsys):
+    from kimi_runtime.cli import main
+
+    out = tmp_path / "slice.gguf"
+    assert main(["synth", "tiny", str(out), "--layers", "2", "--experts", "8", "--recipe", "ud-iq1_s",
+                 "--quiet"]) == 0
+    with open_gguf(str(out)) as m:
+        assert (m.config.n_layer, m.config.n_expert, m.config.n_leading_dense) == (2, 8, 1)
+        assert m.tensors["blk.1.ffn_gate_exps.weight"].ggml_type == QType.IQ1_S
+    assert main(["synth", "tiny", str(tmp_path / "bad.gguf"), "--experts", "2", "--quiet"]) != 0
 
 
 def test_cli_inspect_reports_bad_file(tmp_path, capsys):

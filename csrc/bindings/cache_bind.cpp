@@ -3,7 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <memory>
+#include <utility>
 
 #include "cache/expert_cache.h"
 #include "cache/slots.h"
@@ -36,17 +42,45 @@ py::dict stats_dict(const CacheStats& s) {
   d["prefetch_hits"] = s.prefetch_hits;
   d["prefetches"] = s.prefetches;
   d["prefetch_dropped"] = s.prefetch_dropped;
+  d["prefetch_cancelled"] = s.prefetch_cancelled;
   d["loads"] = s.loads;
   d["bytes_loaded"] = s.bytes_loaded;
   d["evictions"] = s.evictions;
   d["stall_seconds"] = s.stall_seconds;
+  d["read_seconds"] = s.read_seconds;
+  d["read_errors"] = s.read_errors;
   return d;
 }
 
 kr::ReadMode parse_mode(const std::string& m) {
   if (m == "mmap") return kr::ReadMode::Mmap;
   if (m == "pread") return kr::ReadMode::Pread;
-  kr::fail("read mode must be 'mmap' or 'pread', got '" + m + "'");
+  if (m == "direct") return kr::ReadMode::Direct;
+  kr::fail("read mode must be 'mmap', 'pread' or 'direct', got '" + m + "'");
+}
+
+const char* mode_name(kr::ReadMode m) {
+  return m == kr::ReadMode::Mmap ? "mmap" : m == kr::ReadMode::Pread ? "pread" : "direct";
+}
+
+kr::Fault parse_fault(const std::string& f) {
+  if (f == "none") return kr::Fault::None;
+  if (f == "eio") return kr::Fault::Eio;
+  if (f == "eof") return kr::Fault::Eof;
+  if (f == "short") return kr::Fault::Short;
+  if (f == "slow") return kr::Fault::Slow;
+  kr::fail("fault must be 'none', 'eio', 'eof', 'short' or 'slow', got '" + f + "'");
+}
+
+// The whole pages inside a buffer (madvise and mlock work on pages; rounding inwards never
+// touches a neighbour's bytes).
+std::pair<uintptr_t, size_t> inner_pages(const py::buffer& b) {
+  py::buffer_info info = b.request();
+  static const uintptr_t page = (uintptr_t)::sysconf(_SC_PAGESIZE);
+  uintptr_t lo = reinterpret_cast<uintptr_t>(info.ptr);
+  uintptr_t hi = lo + (uintptr_t)(info.size * info.itemsize);
+  uintptr_t a = (lo + page - 1) & ~(page - 1), z = hi & ~(page - 1);
+  return {a, z > a ? (size_t)(z - a) : 0};
 }
 
 }  // namespace
@@ -90,9 +124,19 @@ void register_cache(py::module_& m) {
       .def_property_readonly("n_experts", &ExpertStore::n_experts)
       .def_property_readonly("n_parts", &ExpertStore::n_parts)
       .def_property_readonly("max_expert_bytes", &ExpertStore::max_expert_bytes)
-      .def_property_readonly("mode", [](const ExpertStore& s) {
-        return s.mode() == kr::ReadMode::Mmap ? "mmap" : "pread";
-      })
+      .def_property_readonly("mode", [](const ExpertStore& s) { return mode_name(s.mode()); })
+      .def_property_readonly("direct_active", &ExpertStore::direct_active,
+                             "Direct mode and every part reads with O_DIRECT (no fallback taken).")
+      .def_property_readonly("staging_bytes", &ExpertStore::staging_bytes)
+      .def_property_readonly("reads", &ExpertStore::reads, "pread calls issued so far.")
+      .def_property_readonly("bytes_read", &ExpertStore::bytes_read,
+                             "Bytes pread from the files (aligned blocks included).")
+      .def("inject_fault",
+           [](ExpertStore& s, const std::string& kind, int64_t skip, int64_t count) {
+             s.inject_fault(parse_fault(kind), skip, count);
+           },
+           py::arg("kind"), py::arg("skip") = 0, py::arg("count") = 1,
+           "Tests: after `skip` good reads, fail the next `count` ('eio', 'eof', 'short', 'slow'; 'none' off).")
       .def("part_size", &ExpertStore::part_size, py::arg("part"))
       .def("has", &ExpertStore::has, py::arg("layer"), py::arg("expert"))
       .def("expert_bytes", &ExpertStore::expert_bytes, py::arg("layer"), py::arg("expert"))
@@ -151,7 +195,8 @@ void register_cache(py::module_& m) {
   py::class_<ExpertCache, std::shared_ptr<ExpertCache>>(
       m, "ExpertCache", "(layer, expert) -> slot cache with pinning, a loader thread and stats.")
       .def(py::init([](std::shared_ptr<ExpertStore> store, std::shared_ptr<SlotPool> pool,
-                       const std::string& policy, double timeout) {
+                       const std::string& policy, double timeout, int n_readers,
+                       std::shared_ptr<ExpertCache> upstream) {
              kr::EvictPolicy p;
              if (policy == "lru")
                p = kr::EvictPolicy::LRU;
@@ -159,13 +204,21 @@ void register_cache(py::module_& m) {
                p = kr::EvictPolicy::LFU;
              else
                kr::fail("native cache policy must be 'lru' or 'lfu', got '" + policy + "'");
-             return std::make_shared<ExpertCache>(store, pool, p, timeout);
+             return std::make_shared<ExpertCache>(store, pool, p, timeout, n_readers, upstream);
            }),
            py::arg("store"), py::arg("pool"), py::arg("policy") = "lru",
-           py::arg("acquire_timeout_s") = 30.0)
+           py::arg("acquire_timeout_s") = 30.0, py::arg("n_readers") = 1,
+           py::arg("upstream") = nullptr)
+      .def_property_readonly("n_readers", &ExpertCache::n_readers)
       .def("acquire", &ExpertCache::acquire, py::arg("layer"), py::arg("ids"),
            py::call_guard<py::gil_scoped_release>(),
            "Pin the experts (loading misses) and return their slots, in the order of ids.")
+      .def("acquire_nowait", &ExpertCache::acquire_nowait, py::arg("layer"), py::arg("ids"),
+           py::arg("cancel_stale") = false,
+           py::call_guard<py::gil_scoped_release>(),
+           "Pin the experts and queue the misses without waiting; then wait_loaded(layer, slots).")
+      .def("wait_loaded", &ExpertCache::wait_loaded, py::arg("layer"), py::arg("slots"),
+           py::call_guard<py::gil_scoped_release>())
       .def("release", &ExpertCache::release, py::arg("layer"), py::arg("ids"),
            py::call_guard<py::gil_scoped_release>())
       .def("prefetch", &ExpertCache::prefetch, py::arg("layer"), py::arg("ids"),
@@ -186,4 +239,29 @@ void register_cache(py::module_& m) {
       .def_property_readonly("pinned_slots", &ExpertCache::pinned_slots)
       .def("resident", &ExpertCache::resident,
            "[(layer, expert, slot, pins)] of every loaded slot.");
+
+  m.def("madvise_view",
+        [](py::buffer b, const std::string& advice) {
+          int a = advice == "random"     ? MADV_RANDOM
+                  : advice == "normal"   ? MADV_NORMAL
+                  : advice == "willneed" ? MADV_WILLNEED
+                  : advice == "dontneed" ? MADV_DONTNEED
+                                         : -1;
+          KR_CHECK(a >= 0, "advice must be random, normal, willneed or dontneed, got '" + advice + "'");
+          auto r = inner_pages(b);
+          if (r.second == 0) return 0;
+          return ::madvise(reinterpret_cast<void*>(r.first), r.second, a) == 0 ? 0 : errno;
+        },
+        py::arg("buffer"), py::arg("advice"),
+        "madvise the whole pages inside a (mapped) buffer; returns 0 or the errno.");
+  m.def("mlock_view",
+        [](py::buffer b, bool lock) {
+          auto r = inner_pages(b);
+          if (r.second == 0) return 0;
+          void* p = reinterpret_cast<void*>(r.first);
+          py::gil_scoped_release nogil;  // mlock faults every page in
+          return (lock ? ::mlock(p, r.second) : ::munlock(p, r.second)) == 0 ? 0 : errno;
+        },
+        py::arg("buffer"), py::arg("lock") = true,
+        "mlock (or munlock) the whole pages inside a buffer; returns 0 or the errno.");
 }

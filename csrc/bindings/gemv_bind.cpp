@@ -83,6 +83,8 @@ void register_gemv(py::module_& m) {
   m.def("gemv_best_isa", [] { return std::string(isa_name(kr::best_isa())); }, "Best ISA this CPU runs.");
   m.def("gemv_kernel_path", [](int32_t type) { return std::string(kr::kernel_path_name(type)); }, py::arg("qtype"),
         "Kernel used for a weight type under the current ISA, e.g. 'avx2/int8'.");
+  m.def("gemv_kernel_multirow", [](int32_t type) { return kr::row_kernel(type).multi != nullptr; },
+        py::arg("qtype"), "Whether batches of this weight type use a multi-row kernel under the current ISA.");
   m.def("weight_row_bytes", &kr::weight_row_bytes, py::arg("qtype"), py::arg("cols"));
   m.def("membw_read_gbs", [](size_t nbytes, int repeat) {
         py::gil_scoped_release nogil;

@@ -1,9 +1,11 @@
-// ExpertCache: slot bookkeeping under one mutex, byte movement on a loader thread outside it.
+// ExpertCache: slot bookkeeping under one mutex, byte movement on reader threads outside it.
 // Invariants: a slot is in exactly one of free_, evictable_ (Ready and unpinned), or "busy"
 // (pinned or Loading); slot_of_ maps a key to its slot while the slot is not free.
 #include "cache/expert_cache.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -21,14 +23,19 @@ void CacheStats::add(const CacheStats& o) {
   bytes_loaded += o.bytes_loaded;
   evictions += o.evictions;
   stall_seconds += o.stall_seconds;
+  read_seconds += o.read_seconds;
+  read_errors += o.read_errors;
+  prefetch_cancelled += o.prefetch_cancelled;
 }
 
 ExpertCache::ExpertCache(std::shared_ptr<ExpertStore> store, std::shared_ptr<SlotPool> pool,
-                         EvictPolicy policy, double acquire_timeout_s)
+                         EvictPolicy policy, double acquire_timeout_s, int n_readers,
+                         std::shared_ptr<ExpertCache> upstream)
     : store_(std::move(store)), pool_(std::move(pool)), policy_(policy),
-      timeout_(acquire_timeout_s) {
+      timeout_(acquire_timeout_s), upstream_(std::move(upstream)) {
   KR_CHECK(store_ && pool_, "ExpertCache needs a store and a pool");
   KR_CHECK(acquire_timeout_s > 0, "ExpertCache: acquire_timeout_s must be positive");
+  KR_CHECK(n_readers >= 1 && n_readers <= 64, "ExpertCache: n_readers must be in [1, 64]");
   KR_CHECK(store_->max_expert_bytes() > 0, "ExpertCache: the store has no experts registered");
   KR_CHECK(pool_->slot_bytes() >= store_->max_expert_bytes(),
            "ExpertCache: slots of " + std::to_string(pool_->slot_bytes()) +
@@ -36,17 +43,46 @@ ExpertCache::ExpertCache(std::shared_ptr<ExpertStore> store, std::shared_ptr<Slo
                std::to_string(store_->max_expert_bytes()) + " bytes)");
   KR_CHECK(pool_->host_accessible() || pool_->wants_staging(),
            "ExpertCache: a pool that is not host-accessible must use staging");
+  if (upstream_) {
+    KR_CHECK(&upstream_->store() == store_.get(),
+             "ExpertCache: an upstream tier must read the same store");
+    KR_CHECK(upstream_->pool().host_accessible(),
+             "ExpertCache: an upstream tier's slots must be host memory");
+  }
+  store_->limit_expert_bytes(pool_->slot_bytes());
   size_t n_keys = (size_t)store_->n_layers() * store_->n_experts();
   slots_.resize(pool_->n_slots());
   slot_of_.assign(n_keys, -1);
   freq_.assign(n_keys, 0);
   for (int s = (int)slots_.size() - 1; s >= 0; --s) free_.push_back(s);
   stats_.resize(store_->n_layers());
-  if (pool_->wants_staging()) {
-    staging_[0] = static_cast<uint8_t*>(pool_->alloc_staging(store_->max_expert_bytes()));
-    staging_[1] = static_cast<uint8_t*>(pool_->alloc_staging(store_->max_expert_bytes()));
+  staged_ = pool_->wants_staging();
+  // Room for the aligned spans of O_DIRECT reads (up to one block more at each end of a range).
+  buf_bytes_ = std::max(store_->staging_bytes(), store_->max_expert_bytes());
+  bool bounce = !staged_ && !upstream_ && store_->mode() == ReadMode::Direct;
+  try {
+    if (staged_) {
+      int n = std::max(4, 2 * n_readers);
+      for (int i = 0; i < n; ++i)
+        staging_.push_back(static_cast<uint8_t*>(pool_->alloc_staging(buf_bytes_)));
+      staging_free_ = staging_;
+    }
+    if (bounce) {
+      for (int i = 0; i < n_readers; ++i) {
+        void* b = std::aligned_alloc(ExpertStore::kAlign,
+                                     (buf_bytes_ + ExpertStore::kAlign - 1) / ExpertStore::kAlign *
+                                         ExpertStore::kAlign);
+        if (!b) throw std::bad_alloc();
+        bounce_.push_back(static_cast<uint8_t*>(b));
+      }
+    }
+  } catch (...) {
+    for (auto* b : staging_) pool_->free_staging(b);
+    for (auto* b : bounce_) std::free(b);
+    throw;
   }
-  loader_ = std::thread([this] { loader_main(); });
+  for (int i = 0; i < n_readers; ++i) readers_.emplace_back([this, i] { reader_main(i); });
+  if (staged_) completer_ = std::thread([this] { completer_main(); });
 }
 
 ExpertCache::~ExpertCache() {
@@ -55,9 +91,15 @@ ExpertCache::~ExpertCache() {
     stop_ = true;
   }
   work_cv_.notify_all();
-  loader_.join();
-  for (auto* b : staging_)
-    if (b) pool_->free_staging(b);
+  for (auto& t : readers_) t.join();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    readers_done_ = true;
+  }
+  copy_cv_.notify_all();
+  if (completer_.joinable()) completer_.join();
+  for (auto* b : staging_) pool_->free_staging(b);
+  for (auto* b : bounce_) std::free(b);
 }
 
 void ExpertCache::check_ids(int layer, const std::vector<int>& ids) const {
@@ -119,6 +161,13 @@ void ExpertCache::unpin(int s) {
 }
 
 std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
+  std::vector<int> slots = acquire_nowait(layer, ids, false);
+  wait_loaded(layer, slots);
+  return slots;
+}
+
+std::vector<int> ExpertCache::acquire_nowait(int layer, const std::vector<int>& ids,
+                                             bool cancel_stale) {
   check_ids(layer, ids);
   std::vector<int> uniq;
   uniq.reserve(ids.size());
@@ -130,6 +179,23 @@ std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
                std::to_string(slots_.size()) + " slots");
 
   std::unique_lock<std::mutex> lk(mu_);
+  if (cancel_stale) {
+    // Guesses for this layer that its real routing did not pick and no reader has started: reading
+    // them now would only delay this call's misses on a busy disk.
+    CacheStats& st = stats_[layer];
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      Slot& sl = slots_[it->slot];
+      if (it->layer == layer && sl.prefetched && sl.pins == 0 &&
+          std::find(uniq.begin(), uniq.end(), it->expert) == uniq.end()) {
+        loading_--;
+        st.prefetch_cancelled++;
+        free_slot(it->slot);
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
   auto deadline = std::chrono::steady_clock::now() + timeout_;
   size_t need = 0;
   // Misses must fit in free + evictable slots, not counting evictable slots this call will pin.
@@ -189,8 +255,27 @@ std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
     freq_[k]++;
   }
   tick_++;
-  work_cv_.notify_one();
+  work_cv_.notify_all();
+  if (upstream_) {
+    // Start every upstream read now instead of one per reader of this tier.
+    std::vector<int> up;
+    for (const Job& j : queue_)
+      if (j.layer == layer && std::find(uniq.begin(), uniq.end(), j.expert) != uniq.end())
+        up.push_back(j.expert);
+    lk.unlock();
+    if (!up.empty()) upstream_->prefetch(layer, up);
+    lk.lock();
+  }
+  return out;
+}
 
+void ExpertCache::wait_loaded(int layer, const std::vector<int>& out) {
+  KR_CHECK(layer >= 0 && layer < store_->n_layers(), "ExpertCache.wait_loaded: layer out of range");
+  std::unique_lock<std::mutex> lk(mu_);
+  for (int s : out)
+    KR_CHECK(s >= 0 && s < (int)slots_.size() && slots_[s].pins > 0,
+             "ExpertCache.wait_loaded: slot " + std::to_string(s) + " is not pinned");
+  CacheStats& st = stats_[layer];
   auto all_loaded = [&] {
     for (int s : out)
       if (slots_[s].state == State::Loading) return false;
@@ -209,7 +294,6 @@ std::vector<int> ExpertCache::acquire(int layer, const std::vector<int>& ids) {
     state_cv_.notify_all();
     throw std::runtime_error("ExpertCache.acquire: load failed: " + err);
   }
-  return out;
 }
 
 void ExpertCache::release(int layer, const std::vector<int>& ids) {
@@ -263,8 +347,10 @@ int ExpertCache::prefetch(int layer, const std::vector<int>& ids) {
       queued.push_back(e);
     }
   }
-  if (!queued.empty()) work_cv_.notify_one();
-  for (int e : queued) store_->advise_willneed(layer, e);
+  if (!queued.empty()) work_cv_.notify_all();
+  if (upstream_ && !queued.empty()) upstream_->prefetch(layer, queued);
+  else
+    for (int e : queued) store_->advise_willneed(layer, e);
   return (int)queued.size();
 }
 
@@ -273,73 +359,151 @@ void ExpertCache::wait_idle() {
   state_cv_.wait(lk, [&] { return loading_ == 0; });
 }
 
-void ExpertCache::complete(const Job& job, bool ok, const std::string& err) {
+void ExpertCache::complete(const Job& job, bool ok, const std::string& err, double seconds) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     Slot& sl = slots_[job.slot];
+    CacheStats& st = stats_[job.layer];
     loading_--;
+    st.read_seconds += seconds;
     if (ok) {
       sl.state = State::Ready;
-      stats_[job.layer].loads++;
-      stats_[job.layer].bytes_loaded += store_->expert_bytes(job.layer, job.expert);
+      st.loads++;
+      st.bytes_loaded += store_->expert_bytes(job.layer, job.expert);
       if (sl.pins == 0) make_evictable(job.slot);
     } else {
+      // Nothing of a failed load is ever served: the slot goes back to the free list once unpinned.
       sl.state = State::Failed;
       sl.error = err;
+      st.read_errors++;
       if (sl.pins == 0) free_slot(job.slot);
     }
   }
   state_cv_.notify_all();
 }
 
-void ExpertCache::finish_pending(Pending& p) {
-  if (!p.active) return;
-  p.active = false;
+uint8_t* ExpertCache::take_staging() {
+  std::unique_lock<std::mutex> lk(mu_);
+  staging_cv_.wait(lk, [&] { return !staging_free_.empty(); });
+  uint8_t* b = staging_free_.back();
+  staging_free_.pop_back();
+  return b;
+}
+
+void ExpertCache::give_staging(uint8_t* b) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    staging_free_.push_back(b);
+  }
+  staging_cv_.notify_one();
+}
+
+std::vector<uint64_t> ExpertCache::fill(const Job& job, uint8_t* buf, uint64_t cap) {
+  std::vector<uint64_t> tickets;
+  if (upstream_) {
+    std::vector<int> one{job.expert};
+    std::vector<int> s = upstream_->acquire(job.layer, one);
+    try {
+      const uint8_t* src = reinterpret_cast<const uint8_t*>(upstream_->pool().address(s[0]));
+      uint64_t n = store_->expert_bytes(job.layer, job.expert);
+      if (staged_) {
+        std::memcpy(buf, src, n);  // the upstream slot is free again as soon as this returns
+        src = buf;
+      }
+      tickets.push_back(pool_->begin_copy(job.slot, 0, src, n));
+      if (!staged_) pool_->wait_copy(tickets.back());
+    } catch (...) {
+      upstream_->release(job.layer, one);
+      throw;
+    }
+    upstream_->release(job.layer, one);
+    return tickets;
+  }
+  const ByteRange* r = store_->ranges(job.layer, job.expert);
+  const bool direct = store_->mode() == ReadMode::Direct;
+  uint64_t at = 0, used = 0;
+  for (int k = 0; k < 3; ++k) {
+    // Each range at an aligned place in buf, so O_DIRECT can read straight into it.
+    const uint8_t* src = store_->read_range(r[k], buf + used, cap - used, staged_);
+    used += direct ? ExpertStore::aligned_span(r[k]) : r[k].nbytes;
+    tickets.push_back(pool_->begin_copy(job.slot, at, src, r[k].nbytes));
+    at += r[k].nbytes;
+  }
+  return tickets;
+}
+
+void ExpertCache::load(const Job& job, int id) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  uint8_t* buf = nullptr;
   try {
-    pool_->wait_copy(p.ticket);
-    complete(p.job, true, "");
+    if (staged_) {
+      buf = take_staging();
+      Copy c;
+      c.tickets = fill(job, buf, buf_bytes_);
+      c.job = job;
+      c.buf = buf;
+      c.t0 = t0;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        copies_.push_back(std::move(c));
+      }
+      copy_cv_.notify_one();
+      return;
+    }
+    if (!bounce_.empty()) {
+      for (uint64_t t : fill(job, bounce_[id], buf_bytes_)) pool_->wait_copy(t);
+    } else if (upstream_) {
+      fill(job, nullptr, 0);
+    } else {
+      store_->read_expert(job.layer, job.expert,
+                          reinterpret_cast<uint8_t*>(pool_->address(job.slot)));
+    }
+    complete(job, true, "", since());
   } catch (const std::exception& e) {
-    complete(p.job, false, e.what());
+    if (buf) give_staging(buf);
+    complete(job, false, e.what(), since());
   }
 }
 
-void ExpertCache::loader_main() {
-  const bool staged = pool_->wants_staging();
-  Pending pend[2];
-  int cur = 0;  // staging buffer the next job uses; pend[cur] is the older copy in flight
+void ExpertCache::reader_main(int id) {
   for (;;) {
     Job job;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      if (queue_.empty() && (pend[0].active || pend[1].active)) {
-        lk.unlock();
-        finish_pending(pend[cur]);
-        finish_pending(pend[cur ^ 1]);
-        continue;
-      }
       work_cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) break;  // stopping, nothing left to load
       job = queue_.front();
       queue_.pop_front();
     }
-    try {
-      if (!staged) {
-        store_->read_expert(job.layer, job.expert,
-                            reinterpret_cast<uint8_t*>(pool_->address(job.slot)));
-        complete(job, true, "");
-        continue;
-      }
-      // Double buffering: this read overlaps the copy still running from the other buffer.
-      finish_pending(pend[cur]);
-      store_->read_expert(job.layer, job.expert, staging_[cur]);
-      pend[cur].ticket = pool_->begin_copy(job.slot, 0, staging_[cur],
-                                           store_->expert_bytes(job.layer, job.expert));
-      pend[cur].job = job;
-      pend[cur].active = true;
-      cur ^= 1;
-    } catch (const std::exception& e) {
-      complete(job, false, e.what());
+    load(job, id);
+  }
+}
+
+// Marks each staged load ready as soon as its copy finishes, whatever the readers are doing.
+void ExpertCache::completer_main() {
+  for (;;) {
+    Copy c;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      copy_cv_.wait(lk, [&] { return readers_done_ || !copies_.empty(); });
+      if (copies_.empty()) break;
+      c = std::move(copies_.front());
+      copies_.pop_front();
     }
+    bool ok = true;
+    std::string err;
+    for (uint64_t t : c.tickets) {
+      try {
+        pool_->wait_copy(t);
+      } catch (const std::exception& e) {
+        if (ok) err = e.what();
+        ok = false;
+      }
+    }
+    give_staging(c.buf);
+    complete(c.job, ok, err,
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - c.t0).count());
   }
 }
 

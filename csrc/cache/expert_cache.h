@@ -1,6 +1,10 @@
 // ExpertCache: (layer, expert) -> slot over an ExpertStore and a SlotPool, with LRU (or LFU)
-// eviction, pin counts, one loader thread and per-layer statistics. All public calls are
+// eviction, pin counts, a pool of reader threads and per-layer statistics. All public calls are
 // thread-safe; callers never hold the lock while bytes move.
+//
+// Tiers chain: a cache may load from an upstream cache instead of the store (disk -> RAM slots ->
+// VRAM slots), each tier the same class with the same policy and statistics. A load pins the
+// expert upstream (waiting for its read there) for as long as the copy runs.
 #pragma once
 #include <chrono>
 #include <condition_variable>
@@ -29,18 +33,25 @@ struct CacheStats {
   uint64_t prefetch_hits = 0;  // hits on slots a prefetch loaded and no acquire had used yet
   uint64_t prefetches = 0;     // loads started by prefetch
   uint64_t prefetch_dropped = 0;  // prefetches skipped: every slot pinned or loading
+  uint64_t prefetch_cancelled = 0;  // queued prefetches dropped by acquire_nowait(cancel_stale)
   uint64_t loads = 0;          // loads finished (demand + prefetch)
   uint64_t bytes_loaded = 0;
   uint64_t evictions = 0;      // residents of this layer pushed out
   double stall_seconds = 0;    // time acquire spent waiting for loads
+  double read_seconds = 0;     // reader-thread time spent loading (read + copy), summed over readers
+  uint64_t read_errors = 0;    // loads that failed (the slot was freed, the acquire raised)
   void add(const CacheStats& o);
 };
 
 class ExpertCache {
  public:
+  // n_readers threads load in parallel (several reads in flight: what a disk needs to reach its
+  // bandwidth). A pool that wants staging gets a ring of max(4, 2 x n_readers) staging buffers and
+  // a completion thread that marks each copy ready the moment it finishes.
   ExpertCache(std::shared_ptr<ExpertStore> store, std::shared_ptr<SlotPool> pool,
-              EvictPolicy policy = EvictPolicy::LRU, double acquire_timeout_s = 30.0);
-  ~ExpertCache();  // finishes queued loads, then stops the loader
+              EvictPolicy policy = EvictPolicy::LRU, double acquire_timeout_s = 30.0,
+              int n_readers = 1, std::shared_ptr<ExpertCache> upstream = nullptr);
+  ~ExpertCache();  // finishes queued loads, then stops the readers
   ExpertCache(const ExpertCache&) = delete;
   ExpertCache& operator=(const ExpertCache&) = delete;
 
@@ -48,6 +59,12 @@ class ExpertCache {
   // Blocks only on loads; waits for other callers to release slots up to the timeout, then
   // raises. More distinct experts than slots is an immediate error.
   std::vector<int> acquire(int layer, const std::vector<int>& ids);
+  // acquire in two halves, so a caller can queue more work (the next layer's prefetch) between
+  // them: the first pins and queues the misses, the second waits for the loads of those slots.
+  // A failed load unpins every slot of the call and raises, as acquire does. cancel_stale: drop the
+  // prefetches of this layer for other experts that no reader has started (wrong guesses).
+  std::vector<int> acquire_nowait(int layer, const std::vector<int>& ids, bool cancel_stale = false);
+  void wait_loaded(int layer, const std::vector<int>& slots);
   // Undoes acquire (same ids, same multiplicity); slots whose pin count drops to 0 become evictable.
   void release(int layer, const std::vector<int>& ids);
   // Queues loads of non-resident experts and returns at once; never evicts pinned or loading
@@ -66,6 +83,8 @@ class ExpertCache {
   std::vector<std::tuple<int, int, int, int>> resident() const;
   const ExpertStore& store() const { return *store_; }
   const SlotPool& pool() const { return *pool_; }
+  const ExpertCache* upstream() const { return upstream_.get(); }
+  int n_readers() const { return (int)readers_.size(); }
 
  private:
   enum class State { Empty, Loading, Ready, Failed };
@@ -81,10 +100,11 @@ class ExpertCache {
   struct Job {
     int slot, layer, expert;
   };
-  struct Pending {
-    bool active = false;
-    uint64_t ticket = 0;
+  struct Copy {  // a staged load whose copy into the slot may still run
     Job job{};
+    std::vector<uint64_t> tickets;
+    uint8_t* buf = nullptr;
+    std::chrono::steady_clock::time_point t0;
   };
 
   size_t key(int layer, int expert) const { return (size_t)layer * store_->n_experts() + expert; }
@@ -94,9 +114,14 @@ class ExpertCache {
   int take_slot();  // a free slot, else evict the first evictable; caller checked availability
   void free_slot(int s);
   void unpin(int s);
-  void complete(const Job& job, bool ok, const std::string& err);
-  void finish_pending(Pending& p);
-  void loader_main();
+  void complete(const Job& job, bool ok, const std::string& err, double seconds);
+  void reader_main(int id);
+  void load(const Job& job, int id);
+  // Reads the expert's three ranges into buf and starts their copies into the slot.
+  std::vector<uint64_t> fill(const Job& job, uint8_t* buf, uint64_t cap);
+  uint8_t* take_staging();
+  void give_staging(uint8_t* b);
+  void completer_main();
   int count_pinned() const;  // mu_ held
 
   std::shared_ptr<ExpertStore> store_;
@@ -117,8 +142,18 @@ class ExpertCache {
   uint64_t tick_ = 0;
   bool stop_ = false;
   std::vector<CacheStats> stats_;  // per layer
-  uint8_t* staging_[2] = {nullptr, nullptr};  // from the pool, when it wants staging
-  std::thread loader_;
+  std::shared_ptr<ExpertCache> upstream_;
+  bool staged_ = false;
+  uint64_t buf_bytes_ = 0;               // size of every staging / bounce buffer
+  std::vector<uint8_t*> staging_;        // the ring, from the pool (page-locked on a device tier)
+  std::vector<uint8_t*> staging_free_;   // mu_
+  std::vector<uint8_t*> bounce_;         // per reader, for O_DIRECT into host slots
+  std::condition_variable staging_cv_;   // a staging buffer came back
+  std::deque<Copy> copies_;              // mu_; in issue order
+  std::condition_variable copy_cv_;
+  bool readers_done_ = false;
+  std::vector<std::thread> readers_;
+  std::thread completer_;
 };
 
 }  // namespace kr

@@ -42,8 +42,9 @@ uint64_t HostSlotPool::begin_copy(int slot, size_t offset, const void* src, size
   return 0;
 }
 
+// Page aligned, so O_DIRECT reads can land in a staging buffer.
 void* HostSlotPool::alloc_staging(size_t n) {
-  void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
+  void* p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096);
   if (!p) throw std::bad_alloc();
   return p;
 }

@@ -25,6 +25,8 @@ class SlotPool {
   virtual uint64_t begin_copy(int slot, size_t offset, const void* src, size_t n) = 0;
   virtual void wait_copy(uint64_t ticket) = 0;
   // Staging buffers come from the pool because a device tier needs page-locked host memory.
+  // They should be 4096-byte aligned: O_DIRECT reads land in them (an unaligned buffer still
+  // works, through buffered reads). The cache keeps a ring of max(4, 2 x readers) of them.
   virtual void* alloc_staging(size_t n) = 0;
   virtual void free_staging(void* p) = 0;
 };

@@ -14,6 +14,12 @@ namespace kr {
 
 void gemm_heads(int32_t type, const void* w, size_t w_nbytes, int64_t heads, int64_t rows, int64_t cols,
                 const float* x, int64_t n, float* out) {
+  std::vector<uint8_t> act;
+  gemm_heads_into(type, w, w_nbytes, heads, rows, cols, x, n, out, act);
+}
+
+void gemm_heads_into(int32_t type, const void* w, size_t w_nbytes, int64_t heads, int64_t rows, int64_t cols,
+                     const float* x, int64_t n, float* out, std::vector<uint8_t>& quantized) {
   KR_CHECK(heads > 0, "heads must be positive");
   KR_CHECK(rows > 0, "rows must be positive");
   KR_CHECK(n > 0, "x must have at least one row per head");
@@ -26,10 +32,11 @@ void gemm_heads(int32_t type, const void* w, size_t w_nbytes, int64_t heads, int
   const size_t arb = act_row_bytes(k.act, cols);
   const size_t head_bytes = rb * (size_t)rows;
   // Float activations are used in place (x is already [heads * n] rows of cols floats).
-  std::vector<uint8_t> quantized;
   const uint8_t* act = (const uint8_t*)x;
   if (k.act != ActKind::F32) {
-    quantized = prepare_act(k, x, heads * n, cols);
+    const size_t need = arb * (size_t)(heads * n);
+    if (quantized.size() < need) quantized.resize(need);
+    for (int64_t i = 0; i < heads * n; ++i) quantize_act(k.act, x + i * cols, quantized.data() + arb * (size_t)i, cols);
     act = quantized.data();
   }
   const uint8_t* wb = (const uint8_t*)w;

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace kr {
 
@@ -12,5 +13,10 @@ namespace kr {
 // choice) as gemm; threads split heads x row-chunks through kr::parallel_for.
 void gemm_heads(int32_t type, const void* w, size_t w_nbytes, int64_t heads, int64_t rows, int64_t cols,
                 const float* x, int64_t n, float* out);
+
+// The same with the prepared activations kept in `act` (grown when too small, else reused), for
+// callers that run the same shapes every step (the native layer step).
+void gemm_heads_into(int32_t type, const void* w, size_t w_nbytes, int64_t heads, int64_t rows, int64_t cols,
+                     const float* x, int64_t n, float* out, std::vector<uint8_t>& act);
 
 }  // namespace kr

@@ -68,6 +68,19 @@ inline __m256i rows4(uint64_t r0, uint64_t r1, uint64_t r2, uint64_t r3) {
   return _mm256_set_epi64x((long long)r3, (long long)r2, (long long)r1, (long long)r0);
 }
 
+template <class Y>
+inline const Y* act_row(const void* a, size_t stride, int r) {
+  return (const Y*)((const uint8_t*)a + stride * (size_t)r);
+}
+
+// The single-row form of a multi-row template kernel K<1>.
+template <void (*K)(int64_t, const void*, const void*, size_t, float*, int64_t)>
+float one_row(int64_t n, const void* w, const void* a) {
+  float out;
+  K(n, w, a, 0, &out, 1);
+  return out;
+}
+
 // 16 packed bytes -> 32 nibbles (elem j = lo nibble of byte j, j+16 = hi nibble), as u8.
 // Q6_K: 128 weights of one half-block as four vectors of unsigned 6-bit codes (0..63), from 64
 // low-nibble bytes (b1, b2) and 32 bytes of high 2-bit pairs (bh). Shared by the one- and multi-row kernels.
@@ -319,89 +332,7 @@ float dot_q2_K(int64_t n, const void* w, const void* a) {
   }
   return q2k_finish(acc, accm);
 }
-#else
-float dot_q2_K(int64_t n, const void* w, const void* a) {
-  const block_q2_K* x = (const block_q2_K*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
-  const __m256i m3 = _mm256_set1_epi8(3);
-  const __m128i m4 = _mm_set1_epi8(15);
-  const __m256i sh0 = scale_pair_shuffle(0), sh1 = scale_pair_shuffle(1), sh2 = scale_pair_shuffle(2),
-                sh3 = scale_pair_shuffle(3);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK_K; ++b) {
-    const float d = y[b].d * f16(x[b].d), dmin = -y[b].d * f16(x[b].dmin);
-    const __m128i ms = _mm_loadu_si128((const __m128i*)x[b].scales);
-    const __m256i mins = _mm256_cvtepi8_epi16(_mm_and_si128(_mm_srli_epi16(ms, 4), m4));
-    const __m256i prod = _mm256_madd_epi16(mins, load256(y[b].bsums));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
-    const __m256i sc = _mm256_cvtepi8_epi16(_mm_and_si128(ms, m4));
-    const __m128i sl = _mm256_castsi256_si128(sc), sh = _mm256_extracti128_si256(sc, 1);
-    const __m256i scales[2] = {_mm256_set_m128i(sl, sl), _mm256_set_m128i(sh, sh)};
-    const uint8_t* q2 = x[b].qs;
-    const int8_t* q8 = y[b].qs;
-    __m256i sumi = _mm256_setzero_si256();
-    for (int j = 0; j < 2; ++j, q2 += 32, q8 += 128) {
-      const __m256i bits = load256(q2);
-      __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(bits, m3), load256(q8));
-      __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 2), m3), load256(q8 + 32));
-      __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m3), load256(q8 + 64));
-      __m256i p3 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 6), m3), load256(q8 + 96));
-      p0 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh0), p0);
-      p1 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh1), p1);
-      p2 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh2), p2);
-      p3 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], sh3), p3);
-      sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-  }
-  return hsum(acc);
-}
-
 #endif
-
-float dot_q3_K(int64_t n, const void* w, const void* a) {
-  const block_q3_K* x = (const block_q3_K*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
-  const __m256i m3 = _mm256_set1_epi8(3);
-  const uint32_t km2 = 0x0f0f0f0f, km1 = 0x03030303;
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK_K; ++b) {
-    const float d = y[b].d * f16(x[b].d);
-    uint32_t aux[3];
-    std::memcpy(aux, x[b].scales, 12);
-    __m128i s128 = _mm_set_epi32((int)(((aux[1] >> 4) & km2) | (((aux[2] >> 6) & km1) << 4)),
-                                 (int)(((aux[0] >> 4) & km2) | (((aux[2] >> 4) & km1) << 4)),
-                                 (int)((aux[1] & km2) | (((aux[2] >> 2) & km1) << 4)),
-                                 (int)((aux[0] & km2) | (((aux[2] >> 0) & km1) << 4)));
-    s128 = _mm_sub_epi8(s128, _mm_set1_epi8(32));
-    const __m256i sc = _mm256_cvtepi8_epi16(s128);
-    const __m128i sl = _mm256_castsi256_si128(sc), sh = _mm256_extracti128_si256(sc, 1);
-    const __m256i scales[2] = {_mm256_set_m128i(sl, sl), _mm256_set_m128i(sh, sh)};
-    // Codes as unsigned q = lo | 4*hbit (0..7); the true value is q - 4, whose -4 part is
-    // -4 * sum_g scale_g * bsum_g, taken once per block from the bsums.
-    const __m256i hbits = load256(x[b].hmask);
-    const uint8_t* q3 = x[b].qs;
-    const int8_t* q8 = y[b].qs;
-    const __m256i four = _mm256_set1_epi8(4);
-    __m256i sumi = _mm256_slli_epi32(_mm256_madd_epi16(sc, load256(y[b].bsums)), 2);
-    sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
-    for (int j = 0; j < 2; ++j, q3 += 32) {
-      const __m256i bits = load256(q3);
-      const __m256i h4[4] = {
-          _mm256_and_si256(j ? _mm256_srli_epi16(hbits, 2) : _mm256_slli_epi16(hbits, 2), four),  // bit 4j+k -> 4
-          _mm256_and_si256(j ? _mm256_srli_epi16(hbits, 3) : _mm256_slli_epi16(hbits, 1), four),
-          _mm256_and_si256(j ? _mm256_srli_epi16(hbits, 4) : hbits, four),
-          _mm256_and_si256(_mm256_srli_epi16(hbits, j ? 5 : 1), four)};
-      for (int k = 0; k < 4; ++k, q8 += 32) {
-        const __m256i lo = _mm256_and_si256(k ? _mm256_srli_epi16(bits, 2 * k) : bits, m3);
-        const __m256i p = _mm256_maddubs_epi16(_mm256_or_si256(lo, h4[k]), load256(q8));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_pair_shuffle(k)), p));
-      }
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-  }
-  return hsum(acc);
-}
 
 // Q4_K / Q5_K scale field -> 8 scales then 8 mins as bytes (ggml's utmp shuffle).
 inline __m256i k4_scales_mins(const uint8_t* s12) {
@@ -489,25 +420,6 @@ float dot_q6_K(int64_t n, const void* w, const void* a) {
       }
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-  }
-  return hsum(acc);
-}
-
-float dot_iq4_xs(int64_t n, const void* w, const void* a) {
-  const block_iq4_xs* x = (const block_iq4_xs*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)tables::kvalues_iq4nl));
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK_K; ++b) {
-    __m256i sumi = _mm256_setzero_si256();
-    const uint32_t sh = x[b].scales_h;
-    for (int ib = 0; ib < 8; ++ib) {
-      const int ls = ((x[b].scales_l[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
-      const __m256i q = _mm256_shuffle_epi8(table, nibbles32(x[b].qs + 16 * ib));
-      const __m256i p = dps8(_mm256_setzero_si256(), q, load256(y[b].qs + 32 * ib));
-      sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(ls - 32)));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
   }
   return hsum(acc);
 }

@@ -24,30 +24,40 @@ const SignTable& sign_table() {
   return t;
 }
 
-float dot_iq2_xxs(int64_t n, const void* w, const void* a) {
+// Kernels here are multi-row templates (vecdot_x86.h one_row gives the single-row form): the block is
+// decoded once for R activation rows and each row's arithmetic and order do not depend on R.
+template <int R>
+void dotm_iq2_xxs(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
   const block_iq2_xxs* x = (const block_iq2_xxs*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
+  const block_q8_K* y[R];
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm256_setzero_ps();
+  }
   const uint64_t* signs = sign_table().v;
   const uint64_t* grid = tables::iq2xxs_grid;
-  __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
     const uint8_t* raw = (const uint8_t*)x[b].qs;
-    const int8_t* q8 = y[b].qs;
-    __m256i sumi = _mm256_setzero_si256();
-    for (int ib = 0; ib < 8; ++ib, q8 += 32) {
-      uint32_t aux;
-      std::memcpy(&aux, raw + 8 * ib + 4, 4);
+    __m256i sumi[R];
+    for (int r = 0; r < R; ++r) sumi[r] = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint32_t aux = ld32(raw + 8 * ib + 4);
       const uint8_t* idx = raw + 8 * ib;
-      const __m256i q = _mm256_set_epi64x((long long)grid[idx[3]], (long long)grid[idx[2]], (long long)grid[idx[1]],
-                                          (long long)grid[idx[0]]);
-      const __m256i sg = _mm256_set_epi64x((long long)signs[(aux >> 21) & 127], (long long)signs[(aux >> 14) & 127],
-                                           (long long)signs[(aux >> 7) & 127], (long long)signs[aux & 127]);
-      const __m256i p = _mm256_maddubs_epi16(q, _mm256_sign_epi8(load256(q8), sg));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1))));
+      const __m256i q = rows4(grid[idx[0]], grid[idx[1]], grid[idx[2]], grid[idx[3]]);
+      const __m256i sg = rows4(signs[aux & 127], signs[(aux >> 7) & 127], signs[(aux >> 14) & 127],
+                               signs[(aux >> 21) & 127]);
+      const __m256i scl = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+      for (int r = 0; r < R; ++r) {
+        const __m256i p = _mm256_maddubs_epi16(q, _mm256_sign_epi8(load256(y[r][b].qs + 32 * ib), sg));
+        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, scl));
+      }
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
+    const float xd = f16(x[b].d);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[r][b].d * xd), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
   }
-  return hsum(acc);
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(acc[r]);
 }
 
 // iq1s_grid with every byte + 1 (values 0/1/2), so rows feed the unsigned side of maddubs directly.
@@ -69,14 +79,18 @@ const Iq1sGridU& iq1s_grid_u() {
 // IQ1_S: w = d*ls*(g + delta) with g in {-1,0,1}, delta = +-1/8. With u = g + 1 the dot is
 // ls*(sum u*y + (delta - 1)*sum y); 8*(delta - 1) is -7 or -9 and sum y comes from the bsums, so
 // everything stays integer in units of 1/8.
-float dot_iq1_s(int64_t n, const void* w, const void* a) {
+template <int R>
+void dotm_iq1_s(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
   const block_iq1_s* x = (const block_iq1_s*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
+  const block_q8_K* y[R];
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm256_setzero_ps();
+  }
   const uint64_t* grid = iq1s_grid_u().v;
-  __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
     const uint8_t* qs = x[b].qs;
-    const int8_t* q8 = y[b].qs;
     uint16_t qhs[8];
     std::memcpy(qhs, x[b].qh, 16);
     // Gather the 32 grid rows through memory first: cheaper than building vectors lane by lane.
@@ -90,22 +104,30 @@ float dot_iq1_s(int64_t n, const void* w, const void* a) {
       rows[4 * ib + 2] = grid[qs[4 * ib + 2] | ((qh << 2) & 0x700)];
       rows[4 * ib + 3] = grid[qs[4 * ib + 3] | ((qh >> 1) & 0x700)];
     }
-    __m256i sumi = _mm256_setzero_si256();
-    for (int ib = 0; ib < 8; ++ib, q8 += 32) {
-      const uint32_t qh = qhs[ib];
-      const __m256i p = _mm256_maddubs_epi16(load256(rows + 4 * ib), load256(q8));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((short)(((qh >> 11) & 0xE) | 1))));
+    __m256i sumi[R];
+    for (int r = 0; r < R; ++r) sumi[r] = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const __m256i g = load256(rows + 4 * ib);
+      const __m256i scl = _mm256_set1_epi16((short)(((qhs[ib] >> 11) & 0xE) | 1));
+      for (int r = 0; r < R; ++r) {
+        const __m256i p = _mm256_maddubs_epi16(g, load256(y[r][b].qs + 32 * ib));
+        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, scl));
+      }
     }
     const __m128i qh8 = _mm_loadu_si128((const __m128i*)x[b].qh);
     const __m128i ls = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh8, 11), _mm_set1_epi16(0xE)), _mm_set1_epi16(1));
     const __m128i f = _mm_blendv_epi8(_mm_set1_epi16(-7), _mm_set1_epi16(-9), _mm_srai_epi16(qh8, 15));
-    const __m256i bs = load256(y[b].bsums);
-    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-    const __m128i corr = _mm_madd_epi16(_mm_mullo_epi16(ls, f), pairs);
-    const __m256i total = _mm256_add_epi32(_mm256_slli_epi32(sumi, 3), _mm256_zextsi128_si256(corr));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(total), acc);
+    const __m128i lsf = _mm_mullo_epi16(ls, f);
+    const float xd = f16(x[b].d);
+    for (int r = 0; r < R; ++r) {
+      const __m256i bs = load256(y[r][b].bsums);
+      const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+      const __m128i corr = _mm_madd_epi16(lsf, pairs);
+      const __m256i total = _mm256_add_epi32(_mm256_slli_epi32(sumi[r], 3), _mm256_zextsi128_si256(corr));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * y[r][b].d * xd), _mm256_cvtepi32_ps(total), acc[r]);
+    }
   }
-  return hsum(acc);
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(acc[r]);
 }
 
 // TQ1_0 trits: byte * 3^j (mod 256) by shifts and adds, then the trit is (q * 3) >> 8, computed
@@ -123,91 +145,121 @@ struct Trits {
   }
 };
 
-float dot_tq1_0(int64_t n, const void* w, const void* a) {
+template <int R>
+void dotm_tq1_0(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
   const block_tq1_0* x = (const block_tq1_0*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
+  const block_q8_K* y[R];
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm256_setzero_ps();
+  }
   using Tr = Trits;
-  __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
-    const int8_t* q8 = y[b].qs;
     // 32 bytes x 5 trits -> y[0..160); 16 bytes x 5 trits -> y[160..240) (two trits per 256-bit
     // vector: the 16 bytes are duplicated into both halves and multiplied by 3^t and 3^(t+1)).
+    __m256i t[8];
     const __m256i v0 = load256(x[b].qs);
-    const __m256i m1 = Tr::times3(v0), m2 = Tr::times9(v0), m3 = Tr::times3(m2), m4 = Tr::times9(m2);
-    __m256i sumi = _mm256_setzero_si256();
-    sumi = dpbusd(sumi, Tr::top(v0), load256(q8));
-    sumi = dpbusd(sumi, Tr::top(m1), load256(q8 + 32));
-    sumi = dpbusd(sumi, Tr::top(m2), load256(q8 + 64));
-    sumi = dpbusd(sumi, Tr::top(m3), load256(q8 + 96));
-    sumi = dpbusd(sumi, Tr::top(m4), load256(q8 + 128));
+    const __m256i m2 = Tr::times9(v0);
+    t[0] = Tr::top(v0);
+    t[1] = Tr::top(Tr::times3(v0));
+    t[2] = Tr::top(m2);
+    t[3] = Tr::top(Tr::times3(m2));
+    t[4] = Tr::top(Tr::times9(m2));
     const __m128i h = _mm_loadu_si128((const __m128i*)(x[b].qs + 32));
     const __m256i hh = _mm256_set_m128i(h, h);
-    const __m256i p01 = _mm256_blend_epi32(hh, Tr::times3(hh), 0xF0);            // 3^0 | 3^1
-    const __m256i p23 = _mm256_blend_epi32(Tr::times9(hh), Tr::times9(Tr::times3(hh)), 0xF0);  // 3^2 | 3^3
-    sumi = dpbusd(sumi, Tr::top(p01), load256(q8 + 160));
-    sumi = dpbusd(sumi, Tr::top(p23), load256(q8 + 192));
+    t[5] = Tr::top(_mm256_blend_epi32(hh, Tr::times3(hh), 0xF0));                               // 3^0 | 3^1
+    t[6] = Tr::top(_mm256_blend_epi32(Tr::times9(hh), Tr::times9(Tr::times3(hh)), 0xF0));      // 3^2 | 3^3
     // Last 32 values: the 16 bytes' 5th trit (low half, 3^4) and the 4 qh bytes x 4 trits (high half,
     // dword t = qh * 3^t) against y[224..256).
     const __m256i q = _mm256_set1_epi32((int)ld32(x[b].qh));
     const __m256i q9 = Tr::times9(q);
     const __m256i qmix = _mm256_blend_epi32(_mm256_blend_epi32(q, Tr::times3(q), 0x22),
                                             _mm256_blend_epi32(q9, Tr::times3(q9), 0x88), 0xCC);
-    const __m256i p4 = _mm256_blend_epi32(Tr::times9(Tr::times9(hh)), qmix, 0xF0);
-    sumi = dpbusd(sumi, Tr::top(p4), load256(q8 + 224));
-    // The -1 offset of every trit: subtract sum(y), from the bsums.
-    sumi = _mm256_sub_epi32(sumi, _mm256_madd_epi16(load256(y[b].bsums), _mm256_set1_epi16(1)));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
+    t[7] = Tr::top(_mm256_blend_epi32(Tr::times9(Tr::times9(hh)), qmix, 0xF0));
+    const float xd = f16(x[b].d);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q8 = y[r][b].qs;
+      __m256i sumi = _mm256_setzero_si256();
+      for (int k = 0; k < 8; ++k) sumi = dpbusd(sumi, t[k], load256(q8 + 32 * k));
+      // The -1 offset of every trit: subtract sum(y), from the bsums.
+      sumi = _mm256_sub_epi32(sumi, _mm256_madd_epi16(load256(y[r][b].bsums), _mm256_set1_epi16(1)));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y[r][b].d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
+    }
   }
-  return hsum(acc);
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(acc[r]);
 }
 
-float dot_iq3_xxs(int64_t n, const void* w, const void* a) {
+template <int R>
+void dotm_iq3_xxs(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
   const block_iq3_xxs* x = (const block_iq3_xxs*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
+  const block_q8_K* y[R];
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm256_setzero_ps();
+  }
   const uint64_t* signs = sign_table().v;
   const uint32_t* grid = tables::iq3xxs_grid;
-  __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / QK_K; ++b) {
     const uint8_t* qs = x[b].qs;
-    const int8_t* q8 = y[b].qs;
-    __m256i sumi = _mm256_setzero_si256();
-    for (int ib = 0; ib < 8; ++ib, q8 += 32, qs += 8) {
-      uint32_t aux;
-      std::memcpy(&aux, x[b].qs + QK_K / 4 + 4 * ib, 4);
+    __m256i sumi[R];
+    for (int r = 0; r < R; ++r) sumi[r] = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib, qs += 8) {
+      const uint32_t aux = ld32(x[b].qs + QK_K / 4 + 4 * ib);
       const __m256i q = _mm256_set_epi32((int)grid[qs[7]], (int)grid[qs[6]], (int)grid[qs[5]], (int)grid[qs[4]],
                                          (int)grid[qs[3]], (int)grid[qs[2]], (int)grid[qs[1]], (int)grid[qs[0]]);
-      const __m256i sg = _mm256_set_epi64x((long long)signs[(aux >> 21) & 127], (long long)signs[(aux >> 14) & 127],
-                                           (long long)signs[(aux >> 7) & 127], (long long)signs[aux & 127]);
-      const __m256i p = _mm256_maddubs_epi16(q, _mm256_sign_epi8(load256(q8), sg));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1))));
+      const __m256i sg = rows4(signs[aux & 127], signs[(aux >> 7) & 127], signs[(aux >> 14) & 127],
+                               signs[(aux >> 21) & 127]);
+      const __m256i scl = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+      for (int r = 0; r < R; ++r) {
+        const __m256i p = _mm256_maddubs_epi16(q, _mm256_sign_epi8(load256(y[r][b].qs + 32 * ib), sg));
+        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, scl));
+      }
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(0.25f * y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
+    const float xd = f16(x[b].d);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(0.25f * y[r][b].d * xd), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
   }
-  return hsum(acc);
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(acc[r]);
 }
 
 // TQ2_0: Q2_K's code layout without scales; w = d*(q - 1), the -1 taken through the bsums.
-float dot_tq2_0(int64_t n, const void* w, const void* a) {
+template <int R>
+void dotm_tq2_0(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
   const block_tq2_0* x = (const block_tq2_0*)w;
-  const block_q8_K* y = (const block_q8_K*)a;
-  const __m256i m3 = _mm256_set1_epi8(3);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK_K; ++b) {
-    const int8_t* q8 = y[b].qs;
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-    for (int j = 0; j < 2; ++j, q8 += 128) {
-      const __m256i bits = load256(x[b].qs + 32 * j);
-      s0 = dpbusd(s0, _mm256_and_si256(bits, m3), load256(q8));
-      s1 = dpbusd(s1, _mm256_and_si256(_mm256_srli_epi16(bits, 2), m3), load256(q8 + 32));
-      s0 = dpbusd(s0, _mm256_and_si256(_mm256_srli_epi16(bits, 4), m3), load256(q8 + 64));
-      s1 = dpbusd(s1, _mm256_and_si256(_mm256_srli_epi16(bits, 6), m3), load256(q8 + 96));
-    }
-    // sum(y) = sum of the 16 bsums, subtracted in int32 before scaling.
-    const __m256i ys = _mm256_madd_epi16(load256(y[b].bsums), _mm256_set1_epi16(1));
-    const __m256i sumi = _mm256_sub_epi32(_mm256_add_epi32(s0, s1), ys);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * f16(x[b].d)), _mm256_cvtepi32_ps(sumi), acc);
+  const block_q8_K* y[R];
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = act_row<block_q8_K>(a, as, r);
+    acc[r] = _mm256_setzero_ps();
   }
-  return hsum(acc);
+  const __m256i m3 = _mm256_set1_epi8(3);
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    __m256i s0[R], s1[R];
+    for (int r = 0; r < R; ++r) s0[r] = s1[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 2; ++j) {
+      const __m256i bits = load256(x[b].qs + 32 * j);
+      const __m256i c0 = _mm256_and_si256(bits, m3), c1 = _mm256_and_si256(_mm256_srli_epi16(bits, 2), m3),
+                    c2 = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m3),
+                    c3 = _mm256_and_si256(_mm256_srli_epi16(bits, 6), m3);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q8 = y[r][b].qs + 128 * j;
+        s0[r] = dpbusd(s0[r], c0, load256(q8));
+        s1[r] = dpbusd(s1[r], c1, load256(q8 + 32));
+        s0[r] = dpbusd(s0[r], c2, load256(q8 + 64));
+        s1[r] = dpbusd(s1[r], c3, load256(q8 + 96));
+      }
+    }
+    const float xd = f16(x[b].d);
+    for (int r = 0; r < R; ++r) {
+      // sum(y) = sum of the 16 bsums, subtracted in int32 before scaling.
+      const __m256i ys = _mm256_madd_epi16(load256(y[r][b].bsums), _mm256_set1_epi16(1));
+      const __m256i sumi = _mm256_sub_epi32(_mm256_add_epi32(s0[r], s1[r]), ys);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y[r][b].d * xd), _mm256_cvtepi32_ps(sumi), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r * os] = hsum(acc[r]);
 }
 
 }  // namespace

@@ -7,11 +7,6 @@
 namespace kr {
 namespace {
 
-template <class Y>
-inline const Y* act_row(const void* a, size_t stride, int r) {
-  return (const Y*)((const uint8_t*)a + stride * (size_t)r);
-}
-
 template <int R>
 void dotm_q8_0(int64_t n, const void* w, const void* a, size_t as, float* out, int64_t os) {
   const block_q8_0* x = (const block_q8_0*)w;
@@ -157,35 +152,6 @@ void dotm_q2_K(int64_t n, const void* w, const void* a, size_t as, float* out, i
   for (int r = 0; r < R; ++r) out[r * os] = q2k_finish(acc[r], accm[r]);
 }
 #endif
-
-// nr in [1, kMultiRows] rows through the fixed-R instantiations.
-template <template <int> class K>
-void dotm_dispatch(int64_t n, const void* w, const void* a, size_t as, int nr, float* out, int64_t os) {
-  switch (nr) {
-    case 4: K<4>::run(n, w, a, as, out, os); return;
-    case 3: K<3>::run(n, w, a, as, out, os); return;
-    case 2: K<2>::run(n, w, a, as, out, os); return;
-    default: K<1>::run(n, w, a, as, out, os); return;
-  }
-}
-template <int R> struct MQ8_0 { static constexpr auto run = dotm_q8_0<R>; };
-template <int R> struct MQ4_K { static constexpr auto run = dotm_qk_K<false, R>; };
-template <int R> struct MQ5_K { static constexpr auto run = dotm_qk_K<true, R>; };
-template <int R> struct MQ6_K { static constexpr auto run = dotm_q6_K<R>; };
-#if KR_VNNI
-template <int R> struct MQ2_K { static constexpr auto run = dotm_q2_K<R>; };
-#endif
-
-void fill_multi(VecDotTable& t) {
-  static_assert(kMultiRows == 4, "dotm_dispatch covers 1..4 rows");
-  t.multi[(int)GgmlType::Q8_0] = dotm_dispatch<MQ8_0>;
-  t.multi[(int)GgmlType::Q4_K] = dotm_dispatch<MQ4_K>;
-  t.multi[(int)GgmlType::Q5_K] = dotm_dispatch<MQ5_K>;
-  t.multi[(int)GgmlType::Q6_K] = dotm_dispatch<MQ6_K>;
-#if KR_VNNI
-  t.multi[(int)GgmlType::Q2_K] = dotm_dispatch<MQ2_K>;  // the AVX2 Q2_K kernel has no multi-row form yet
-#endif
-}
 
 }  // namespace
 }  // namespace kr

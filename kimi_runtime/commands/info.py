@@ -11,9 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kimi_runtime import _native
+    from kimi_runtime import __version__, _native
 
     info = {
+        "version": __version__,
         "cpu_features": _native.C.cpu_features(),
         "threads": _native.C.num_threads(),
         "cuda_module": _native.C_cuda is not None,

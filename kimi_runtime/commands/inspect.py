@@ -158,6 +158,9 @@ def render(s: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kimi_runtime.commands.common import check_gguf_path
+
+    check_gguf_path(args.file)  # a directory or a text file: one clear line, before any parsing
     from kimi_runtime.gguf import open_gguf
 
     with open_gguf(args.file) as m:

@@ -1,5 +1,10 @@
 """Python facade of the native expert cache (csrc/cache): an ExpertStore over the GGUF part files, a
-host slot pool and the cache itself. A slot holds gate | up | down back to back (`layout`)."""
+host slot pool and the cache itself. A slot holds gate | up | down back to back (`layout`).
+
+Store modes: "mmap" (memcpy from the mapping: page-cached files), "pread" (buffered reads), "direct"
+(O_DIRECT reads through aligned buffers, for files larger than RAM: nothing of a cold expert stays in
+the page cache; a file system that refuses O_DIRECT falls back to buffered reads + FADV_DONTNEED).
+Caches chain (`upstream=`): disk -> RAM slots -> device slots, each tier the same class."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -31,7 +36,7 @@ def open_store(paths: Sequence[str], n_layers: int, n_experts: int,
 
     `ranges` maps (layer, expert) -> [gate, up, down] as (part, offset, nbytes), or is an int64 array
     [N, 11] (layer, expert, then the nine fields). Every range is checked against its file's size;
-    `mode` is "mmap" (memcpy from the mapping) or "pread" (for models larger than RAM).
+    `mode` is "mmap" (memcpy from the mapping), "pread" or "direct" (O_DIRECT, larger than RAM).
     """
     store = C.ExpertStore([str(p) for p in paths], int(n_layers), int(n_experts), mode)
     if isinstance(ranges, np.ndarray):
@@ -70,15 +75,20 @@ class ExpertCache:
 
     `policy` is the native eviction order: "lru" or "lfu" (perfect LFU: counts survive eviction, no
     aging; ties by recency). Blocking calls release the GIL, so Python threads may share one cache.
-    `staging=True` routes loads through the double-buffered staging path a device tier uses.
+    `staging=True` routes loads through the staging ring and completion thread a device tier uses.
+    `n_readers`: reader threads (several reads in flight, what a disk needs). `upstream`: another
+    ExpertCache over the same store that this tier loads from instead of the store.
     """
 
     def __init__(self, store: Any, n_slots: int, *, policy: str = "lru",
                  slot_bytes: Optional[int] = None, staging: bool = False,
-                 acquire_timeout_s: float = 30.0) -> None:
+                 acquire_timeout_s: float = 30.0, n_readers: int = 1,
+                 upstream: Optional["ExpertCache"] = None) -> None:
         self.store = store
+        self.upstream = upstream
         self.pool = C.HostSlotPool(int(slot_bytes or store.max_expert_bytes), int(n_slots), staging)
-        self._c = C.ExpertCache(store, self.pool, policy, acquire_timeout_s)
+        self._c = C.ExpertCache(store, self.pool, policy, acquire_timeout_s, int(n_readers),
+                                upstream._c if upstream is not None else None)
         self.policy = policy
 
     @classmethod
@@ -94,6 +104,15 @@ class ExpertCache:
     def acquire(self, layer: int, ids: Iterable[int]) -> list[int]:
         """Pin the experts (loading misses, waiting on loads in flight); slots in the order of ids."""
         return self._c.acquire(layer, _ids(ids))
+
+    def acquire_nowait(self, layer: int, ids: Iterable[int], cancel_stale: bool = False) -> list[int]:
+        """Pin and queue the misses without waiting; `wait_loaded(layer, slots)` before reading them.
+        cancel_stale: drop this layer's queued prefetches of other experts (guesses proved wrong)."""
+        return self._c.acquire_nowait(layer, _ids(ids), cancel_stale)
+
+    def wait_loaded(self, layer: int, slots: Sequence[int]) -> None:
+        """Wait for the loads of slots from acquire_nowait; a failed load unpins them all and raises."""
+        self._c.wait_loaded(layer, list(slots))
 
     def release(self, layer: int, ids: Iterable[int]) -> None:
         """Unpin what `acquire(layer, ids)` pinned; unpinned slots become evictable."""
@@ -131,7 +150,7 @@ class ExpertCache:
 
     def stats(self, layer: Optional[int] = None) -> dict[str, Any]:
         """hits, misses, accesses, prefetch_hits, prefetches, prefetch_dropped, loads, bytes_loaded,
-        evictions, stall_seconds: for one layer, or summed over all layers."""
+        evictions, stall_seconds, read_seconds, read_errors, prefetch_cancelled: for one layer, or summed."""
         return self._c.stats(layer)
 
     def reset_stats(self) -> None:
@@ -144,6 +163,10 @@ class ExpertCache:
     @property
     def capacity(self) -> int:
         return self._c.capacity
+
+    @property
+    def n_readers(self) -> int:
+        return self._c.n_readers
 
     @property
     def pinned_slots(self) -> int:

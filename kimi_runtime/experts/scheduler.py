@@ -252,3 +252,98 @@ class ExpertScheduler:
 
     def reset_stats(self) -> None:
         self._counts.clear()
+
+
+# ---- the disk under the RAM tier
+
+_DISK_MEASURED: dict[tuple, dict[str, Any]] = {}
+ALIGN = 4096
+
+
+def spread_ranges(paths: Sequence[str], store: Any, layers: Sequence[int], n: int = 8) -> list[tuple[str, int, int]]:
+    """(path, offset, nbytes) of the gate/up/down slices of n experts spread evenly over `layers` x experts:
+    far apart in the file, so neither readahead nor the disk's own cache serves one read from another."""
+    keys = [(l, e) for l in layers for e in range(store.n_experts) if store.has(l, e)]
+    if not keys:
+        return []
+    step = max(1, len(keys) // max(1, n))
+    out = []
+    for l, e in keys[step // 2::step][:n]:
+        for part, off, nb in store.ranges(l, e):
+            out.append((str(paths[part]), int(off), int(nb)))
+    return out
+
+
+def measure_disk_read(ranges: Sequence[tuple[str, int, int]], *, n_readers: int = 4, max_bytes: int = 64 << 20,
+                      key: Optional[tuple] = None) -> dict[str, Any]:
+    """Cold read rate of a file: O_DIRECT preads (whole aligned blocks) of the given ranges by n_readers
+    threads at once, as the RAM tier's readers issue them. O_DIRECT bypasses the page cache, so a file
+    that happens to be cached still measures its disk; where O_DIRECT is refused the ranges are dropped
+    from the page cache first (POSIX_FADV_DONTNEED) and read buffered.
+    Returns bytes_per_s, bytes, seconds, direct, n_ranges. Cached per process under `key`."""
+    import mmap  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if key is not None and key in _DISK_MEASURED:
+        return _DISK_MEASURED[key]
+    jobs, total = [], 0
+    for path, off, nb in ranges:
+        a0 = off // ALIGN * ALIGN
+        a1 = -(-(off + nb) // ALIGN) * ALIGN
+        if total and total + (a1 - a0) > max_bytes:
+            break
+        jobs.append((path, a0, a1 - a0))
+        total += a1 - a0
+    if not jobs:
+        raise ValueError("measure_disk_read: no ranges to read")
+    fds: dict[str, tuple[int, bool]] = {}
+    for path, _, _ in jobs:
+        if path not in fds:
+            try:
+                fds[path] = (os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0)), hasattr(os, "O_DIRECT"))
+            except OSError:
+                fd = os.open(path, os.O_RDONLY)
+                fds[path] = (fd, False)
+    for path, a0, n in jobs:
+        fd, direct = fds[path]
+        if not direct:
+            os.posix_fadvise(fd, a0, n, os.POSIX_FADV_DONTNEED)
+    chunk = 4 << 20
+    pieces = [(p, a0 + o, min(chunk, n - o)) for p, a0, n in jobs for o in range(0, n, chunk)]
+    nxt, lock, errors = [0], threading.Lock(), []
+
+    def reader() -> None:
+        buf = mmap.mmap(-1, chunk)  # page aligned, as O_DIRECT wants
+        try:
+            while True:
+                with lock:
+                    if nxt[0] >= len(pieces):
+                        return
+                    path, off, n = pieces[nxt[0]]
+                    nxt[0] += 1
+                fd, _ = fds[path]
+                with memoryview(buf) as mv:
+                    os.preadv(fd, [mv[:-(-n // ALIGN) * ALIGN]], off)
+        except OSError as e:
+            errors.append(e)
+        finally:
+            buf.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(max(1, int(n_readers)))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    direct = all(d for _, d in fds.values())
+    for fd, _ in fds.values():
+        os.close(fd)
+    if errors:
+        raise OSError(f"measure_disk_read: {errors[0]}")
+    out = {"bytes_per_s": total / dt if dt > 0 else float("inf"), "bytes": total, "seconds": dt,
+           "direct": direct, "n_ranges": len(jobs), "readers": int(n_readers)}
+    if key is not None:
+        _DISK_MEASURED[key] = out
+    return out

@@ -9,6 +9,7 @@ import torch
 from kimi_runtime.config import ModelConfig
 from kimi_runtime.model.attention import KVCache, MLAttention, rms_norm
 from kimi_runtime.model.moe import MLP, MoE, ExpertProvider, DirectExpertProvider, Observer
+from kimi_runtime.model.native_step import DEFAULT_UBATCH, NativeStep, native_supported
 from kimi_runtime.model.rope import Rope
 from kimi_runtime.model.weights import WeightSource
 
@@ -39,7 +40,8 @@ class Block:
 class DeepseekV3:
     """Holds the bound weights; `forward` runs new tokens against a KVCache."""
 
-    def __init__(self, src: WeightSource, provider: Optional[ExpertProvider] = None) -> None:
+    def __init__(self, src: WeightSource, provider: Optional[ExpertProvider] = None, *,
+                 native: Union[bool, str] = "auto", ubatch: int = DEFAULT_UBATCH) -> None:
         cfg = self.config = src.config
         self.src = src
         self.provider = provider if provider is not None else DirectExpertProvider(src)
@@ -49,6 +51,18 @@ class DeepseekV3:
         self.output = src.linear(out_name, cfg.n_vocab, cfg.n_embd)
         self.output_norm = src.dense("output_norm.weight", (cfg.n_embd,))
         self.blocks = [Block(cfg, i, src, self.rope, self.provider) for i in range(cfg.n_layer)]
+        if ubatch < 1:
+            raise ValueError(f"ubatch must be >= 1 (got {ubatch})")
+        self.ubatch = int(ubatch)
+        # native: "auto" (when the kernels and the provider allow it), True (required) or False.
+        self.native: Optional[NativeStep] = None
+        self.native_off_reason: Optional[str] = "native=False"
+        if native:
+            self.native_off_reason = native_supported(self)
+            if self.native_off_reason is None:
+                self.native = NativeStep(self, self.ubatch)
+            elif native is True:
+                raise ValueError(f"the native step cannot run this model: {self.native_off_reason}")
 
     def set_observer(self, observer: Optional[Observer]) -> None:
         """Route-tracing hook: observer(layer, positions [T], ids [T, K], weights [T, K])."""
@@ -57,19 +71,28 @@ class DeepseekV3:
                 b.ffn.observer = observer
 
     def forward(self, ids: torch.Tensor, cache: KVCache, *, absorbed: bool,
-                all_logits: bool = True) -> torch.Tensor:
-        """ids [T] int64 appended at cache.length -> logits [T, V] (or [1, V] for the last token)."""
+                all_logits: bool = True, python: bool = False) -> torch.Tensor:
+        """ids [T] int64 appended at cache.length -> logits [T, V] (or [1, V] for the last token).
+        Runs the native step when bound (always absorbed attention), unless `python`: the reference
+        layers in torch, with naive or absorbed attention. Either way ubatch tokens at a time."""
         T = ids.shape[0]
         start = cache.length
         if start + T > cache.n_ctx:
             raise ValueError(f"context overflow: {start} + {T} tokens > n_ctx {cache.n_ctx}")
         if T == 0:
             raise ValueError("no tokens to run")
-        positions = torch.arange(start, start + T)
-        h = self.embed.rows(ids)  # [T, D]
-        for b in self.blocks:
-            h = b(h, positions, cache, start, absorbed)
-        cache.length = start + T
-        if not all_logits:
-            h = h[-1:]
+        if self.native is not None and not python:
+            return self.native.forward(ids, cache, all_logits)
+        outs = []
+        for a in range(0, T, self.ubatch):
+            b_ = min(T, a + self.ubatch)
+            s = start + a
+            positions = torch.arange(s, start + b_)
+            h = self.embed.rows(ids[a:b_])  # [t, D]
+            for b in self.blocks:
+                h = b(h, positions, cache, s, absorbed)
+            cache.length = start + b_
+            if all_logits or b_ == T:
+                outs.append(h if all_logits else h[-1:])
+        h = torch.cat(outs) if len(outs) > 1 else outs[0]
         return self.output(rms_norm(h, self.output_norm, self.config.rms_norm_eps))  # [T, V]

@@ -1,6 +1,6 @@
 """QLinear: a linear layer over GGUF weight bytes. Float weights (F32/F16/BF16) become float32 tensors
-(zero-copy for F32); quantized ones stay as raw bytes and run through the project's kernels when they are
-built (kimi_runtime.kernels), else through gguf-py's exact dequantization and a float matmul.
+(zero-copy for F32); quantized ones stay as raw bytes and run through the project's native kernels
+(kimi_runtime.kernels; KR_KERNELS=0 selects exact float math on dequantized weights instead).
 HeadLinear: per-head small matrices (MLA's k_b / v_b) through the same kernels."""
 from __future__ import annotations
 
@@ -17,33 +17,25 @@ from gguf.quants import dequantize as _gguf_dequantize
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 
-_OPTIONAL: dict[str, object] = {}
-
-
-def _optional(name: str):
-    """kimi_runtime.<name> (quant, kernels: native, built in parallel) or None when it cannot load
-    (absent, or an installed extension older than the Python side); checked once."""
-    if name not in _OPTIONAL:
-        try:
-            _OPTIONAL[name] = importlib.import_module(f"kimi_runtime.{name}")
-        except Exception:  # ImportError, or AttributeError from a stale _C
-            _OPTIONAL[name] = None
-    return _OPTIONAL[name]
+def _native(name: str):
+    """kimi_runtime.<name> (quant or kernels, over the compiled _C). A missing or stale extension is an
+    ImportError here, never a silent fallback to dequantizing whole weights on every call."""
+    return importlib.import_module(f"kimi_runtime.{name}")
 
 
 def kernels():
-    """kimi_runtime.kernels (quantized-activation integer kernels) or None: the fallback is exact
-    float math on dequantized weights. KR_KERNELS=0 forces the fallback."""
+    """kimi_runtime.kernels (quantized-activation integer kernels), or None when KR_KERNELS=0 asks for
+    exact float math on dequantized weights (the reference path of exactness tests)."""
     if os.environ.get("KR_KERNELS", "1") == "0":
         return None
-    return _optional("kernels")
+    return _native("kernels")
 
 
 def _dequantize(raw: np.ndarray, qtype: GGMLQuantizationType, n: int) -> np.ndarray:
-    """Native multithreaded dequantization (kimi_runtime.quant) where it exists, else gguf-py's
-    (both bit-identical); returns float32 [n]."""
-    quant = _optional("quant")
-    if quant is not None and quant.qtype_info(qtype).can_dequantize and raw.flags.c_contiguous:
+    """Native multithreaded dequantization (kimi_runtime.quant) for the formats it decodes, else
+    gguf-py's (both bit-identical); returns float32 [n]."""
+    quant = _native("quant")
+    if quant.qtype_info(qtype).can_dequantize and raw.flags.c_contiguous:
         return quant.dequantize(raw, qtype, (n,))
     return _gguf_dequantize(raw, qtype).reshape(-1)
 

@@ -14,10 +14,6 @@ from kimi_runtime.model.weights import WeightSource
 
 # T = tokens, D = n_embd, E = routed experts, K = experts per token, G = groups
 
-FUSED_MAX_TOKENS = 8
-"""Up to this many tokens a caching provider runs all experts in one fused call (its longer prompts
-cycle experts through the cache slots in groups)."""
-
 FUSED_CHUNK_TOKENS = 512
 """The direct provider runs the fused kernel for any prompt, this many tokens per call: the kernel
 groups tokens per expert itself (each expert's rows read once per call), and one call per layer

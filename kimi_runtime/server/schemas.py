@@ -24,14 +24,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    # parts are checked by the server (text only; an image part gets its own clear 400)
+    content: Union[str, list[dict[str, Any]], None] = None
     name: Optional[str] = None
     tool_call_id: Optional[str] = None
     tool_calls: Optional[list[dict[str, Any]]] = None
@@ -46,7 +42,7 @@ class ChatMessage(_Strict):
     def to_template(self) -> dict[str, Any]:
         """The dict the chat template renders (text parts joined; developer is a system turn)."""
         text = self.content if isinstance(self.content, str) or self.content is None else \
-            "".join(p.text for p in self.content)
+            "".join(str(p.get("text", "")) for p in self.content)
         d: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
                              "content": text or ""}
         for k in ("name", "tool_call_id", "tool_calls", "reasoning_content"):
@@ -73,7 +69,7 @@ class _Sampling(_Strict):
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: Optional[float] = Field(default=None, gt=0.0, le=10.0)
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=-(1 << 63), lt=1 << 64)
     stop: Union[str, list[str], None] = None
     n: Optional[int] = Field(default=None, ge=1)
     stream: bool = False
@@ -136,6 +132,9 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None
+    parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[dict[str, Any]] = None
     # Kimi thinking mode (chat_template_kwargs.thinking in vLLM / SGLang style is also read).
     thinking: Optional[bool] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
@@ -147,10 +146,14 @@ class ChatCompletionRequest(_Sampling):
         return self
 
     @property
-    def wants_thinking(self) -> bool:
+    def wants_thinking(self) -> Optional[bool]:
+        """True/False when the request says (thinking, or chat_template_kwargs.thinking /
+        enable_thinking); None leaves it to the chat template."""
         if self.thinking is not None:
             return self.thinking
-        return bool((self.chat_template_kwargs or {}).get("thinking", False))
+        kw = self.chat_template_kwargs or {}
+        v = kw.get("thinking", kw.get("enable_thinking"))
+        return None if v is None else bool(v)
 
 
 class CompletionRequest(_Sampling):
@@ -185,3 +188,18 @@ class CompletionRequest(_Sampling):
         if v:
             raise ValueError("suffix is not supported")
         return v
+
+
+class TokenizeRequest(_Strict):
+    """llama.cpp's /tokenize body."""
+
+    content: str
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    """llama.cpp's /detokenize body."""
+
+    tokens: list[int]

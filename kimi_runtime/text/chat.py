@@ -3,7 +3,6 @@ built-in Kimi K2 template), plus splitting generated text into reasoning and ans
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -17,6 +16,9 @@ from kimi_runtime.text.tokenizer import EOG_TEXTS
 
 ROLES = ("system", "user", "assistant", "tool")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# template variables a request's chat_template_kwargs may not replace
+_RESERVED = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "thinking",
+                       "enable_thinking", "raise_exception", "strftime_now"})
 _LIST_MUTATORS = frozenset({"append", "pop", "extend", "insert"})
 
 
@@ -156,15 +158,22 @@ class ChatTemplate:
         return cls.kimi_k2(bos_token=bos, eos_token=eos)
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
-               thinking: bool = False, tools: Sequence[Mapping[str, Any]] | None = None) -> str:
-        """The prompt text for `messages` (OpenAI shape). Bad messages raise ValueError."""
+               thinking: bool | None = False, tools: Sequence[Mapping[str, Any]] | None = None,
+               template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The prompt text for `messages` (OpenAI shape). Bad messages raise ValueError.
+        `template_kwargs` (a request's chat_template_kwargs) become extra template variables;
+        thinking=None leaves `thinking` undefined, so a GGUF template picks its own default."""
         msgs = normalize_messages(messages)
         if tools is not None and (isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence)):
             raise ValueError("tools must be a list of tool definitions")
         try:
+            extra = {str(k): _plain(v, "chat_template_kwargs") for k, v in (template_kwargs or {}).items()
+                     if str(k).isidentifier() and str(k) not in _RESERVED}
+            if thinking is not None:
+                extra.update(thinking=thinking, enable_thinking=thinking)
             return self._template.render(
-                messages=msgs, tools=_plain(list(tools), "tools") if tools else None,
-                add_generation_prompt=add_generation_prompt, thinking=thinking, enable_thinking=thinking,
+                **extra, messages=msgs, tools=_plain(list(tools), "tools") if tools else None,
+                add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token, eos_token=self.eos_token)
         except jinja2.TemplateError as e:
             raise ValueError(f"chat template {self.name!r} failed: {e}") from e
@@ -230,24 +239,13 @@ class ReasoningSplitter:
         return (rest, "") if self._state == "reasoning" else ("", "" if self._state == "after" else rest)
 
 
-_TOOL_CALL = re.compile(r"<\|tool_call_begin\|>\s*(?P<id>.+?)\s*<\|tool_call_argument_begin\|>"
-                        r"(?P<args>.*?)\s*<\|tool_call_end\|>", re.S)
-
-
-def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
+def parse_tool_calls(text: str, first_index: int = 0) -> tuple[str, list[dict[str, Any]]]:
     """(content, tool_calls) of generated Kimi text decoded with its special tokens; calls in OpenAI
-    shape with Kimi's ids ("functions.get_weather:0"), which render back unchanged."""
-    start = text.find("<|tool_calls_section_begin|>")
-    if start < 0:
-        return text, []
-    end = text.find("<|tool_calls_section_end|>", start)
-    section = text[start:] if end < 0 else text[start:end]
-    calls = []
-    for m in _TOOL_CALL.finditer(section):
-        tid = m.group("id")
-        name = tid.split(".", 1)[-1].rsplit(":", 1)[0]
-        calls.append({"id": tid, "type": "function", "function": {"name": name, "arguments": m.group("args")}})
-    return text[:start], calls
+    shape with Kimi's ids ("functions.get_weather:0"), which render back unchanged. See
+    kimi_runtime.text.toolcalls (malformed markup stays content)."""
+    from kimi_runtime.text.toolcalls import parse_tool_calls as parse
+
+    return parse(text, first_index)
 
 
 def _partial_suffix(s: str, tag: str) -> int:
