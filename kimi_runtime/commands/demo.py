@@ -93,7 +93,12 @@ def _cache_kwargs(no_cache: bool, err: Any) -> dict[str, Any]:
         # alone would leave the cache empty; admitting misses and prefetching shows it at work.
         print(f"expert cache: on, {CACHE_FRACTION:.0%} of the experts, misses admitted in the "
               f"background, next-layer prefetch on", file=err)
-        return {"cache_fraction": CACHE_FRACTION, "admit": True, "prefetch": True}
+        kw: dict[str, Any] = {"cache_fraction": CACHE_FRACTION, "admit": True, "prefetch": True}
+        if engine_accepts("cache_policy"):
+            # with next-layer prefetch LRU beats the demand-paging default LFU (cache study on the trained
+            # model's routing, NOTES_trained.md): prefetched experts must survive until used
+            kw["cache_policy"] = "lru"
+        return kw
     print("expert cache: off (this engine has no expert cache option yet)", file=err)
     return {}
 
