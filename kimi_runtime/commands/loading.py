@@ -120,7 +120,12 @@ def load_generator(path: str, err: Optional[TextIO] = None, *, info: Any = None,
           f"vocab {cfg.n_vocab}, context {gen.n_ctx})", file=err, flush=True)
     for line in lines:
         print(f"placement: {line}", file=err)
-    warning = gpu_warning(n_gpu_layers)
+    warning = gpu_warning(n_gpu_layers) if os.environ.get("KR_GPU_BACKEND") != "emu" else None
     if warning:
         print(warning, file=err)
+    elif n_gpu_layers:
+        from kimi_runtime.gpu.attach import attach_gpu
+
+        for line in attach_gpu(gen.engine, int(n_gpu_layers), kw.get("gpu_budget")):
+            print(f"placement: {line}", file=err)
     return gen
