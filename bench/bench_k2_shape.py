@@ -9,7 +9,9 @@ rounds alternating between them, medians and ratios, plus each decode's share of
 Peers are optional: ik_llama.cpp (`pip install ik-llama-cpp-python==0.1.5`, mla 3 + flash attention)
 and llama.cpp (`llama-cpp-python`, flash attention); a peer that does not import, or whose worker dies,
 is reported and skipped. Workers are separate processes because both peers ship their own libggml.so
-and one process can hold only one of them. Results: a table on stdout and bench/results/k2_shape.json.
+and one process can hold only one of them. The order of the runtimes rotates from round to round,
+and each round reports the GB its worker read from storage (/proc/self/io): on a machine whose page
+cache cannot hold the file, such a round measures the disk. Results: a table on stdout and bench/results/k2_shape.json.
 """
 from __future__ import annotations
 
@@ -122,9 +124,23 @@ RUNNERS = {"kimi": KimiRunner, "ik": IkRunner, "llama": LlamaRunner}
 IMPORTS = {"kimi": "kimi_runtime", "ik": "ik_llama_cpp", "llama": "llama_cpp"}
 
 
+def read_bytes() -> int:
+    """Bytes this process made the kernel fetch from storage (page faults on the mmapped model count):
+    a round that had to read the file again measured the disk, not the runtime."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def worker(kind: str, path: str, threads: int, n_ctx: int) -> None:
     """Load one runtime, then answer one JSON line per request: {"prompt": ids, "decode": ids} ->
-    {"prompt_s", "decode_s", "steps_ms"} (the prompt, then each decode step after it)."""
+    {"prompt_s", "decode_s", "steps_ms", "prompt_read_gb", "decode_read_gb"} (the prompt, then each
+    decode step after it; GB read from storage during each)."""
     # the protocol gets its own copy of fd 1; fd 1 itself goes to stderr, so that C libraries' chatter
     # (printf from ggml) cannot corrupt it
     out = os.fdopen(os.dup(1), "w")
@@ -139,16 +155,19 @@ def worker(kind: str, path: str, threads: int, n_ctx: int) -> None:
         if req.get("quit"):
             break
         r.reset()
+        rb0 = read_bytes()
         t0 = time.perf_counter()
         r.prefill(req["prompt"])
         tp = time.perf_counter() - t0
+        rb1 = read_bytes()
         steps = []
         for tok in req["decode"]:
             t1 = time.perf_counter()
             r.decode(tok)
             steps.append(time.perf_counter() - t1)
-        out.write(json.dumps({"prompt_s": tp, "decode_s": float(sum(steps)),
-                              "steps_ms": [1e3 * s for s in steps]}) + "\n")
+        out.write(json.dumps({"prompt_s": tp, "decode_s": float(sum(steps)), "steps_ms": [1e3 * s for s in steps],
+                              "prompt_read_gb": (rb1 - rb0) / 1e9, "decode_read_gb": (read_bytes() - rb1) / 1e9})
+                  + "\n")
         out.flush()
 
 
@@ -285,7 +304,13 @@ def main() -> None:
                 workers.pop(w.kind).close()
         for rnd in range(args.repeat):
             for p in prompts:
-                for k, w in list(workers.items()):
+                # the first runtime of a round is the likeliest to find pages evicted by other
+                # processes, so the order rotates from round to round
+                order = list(workers.items())
+                order = order[rnd % len(order):] + order[:rnd % len(order)] if order else order
+                for k, w in order:
+                    if k not in workers:
+                        continue
                     try:
                         s = w.round(*inputs[p])
                     except RuntimeError as e:
@@ -296,7 +321,8 @@ def main() -> None:
                     samples[(k, p)].append(s)
                     loads.append(os.getloadavg()[0])
                     print(f"round {rnd + 1} {LABELS[k]:26s} prompt {p:4d}: {p / s['prompt_s']:7.2f} tok/s, decode "
-                          f"{len(inputs[p][1]) / s['decode_s']:6.2f} tok/s (load {loads[-1]:.1f})", flush=True)
+                          f"{len(inputs[p][1]) / s['decode_s']:6.2f} tok/s (load {loads[-1]:.1f}, read from disk "
+                          f"{s['prompt_read_gb']:.2f} + {s['decode_read_gb']:.2f} GB)", flush=True)
     finally:
         for w in workers.values():
             w.close()
@@ -312,7 +338,9 @@ def main() -> None:
         dec = args.decode / med_d
         rows.append({"runtime": k, "label": LABELS[k], "prompt_tokens": p, "rounds": len(ss),
                      "prompt_tok_s": p / med_p, "decode_tok_s": dec, "roofline_share": dec / roofline,
-                     "prompt_s": [s["prompt_s"] for s in ss], "decode_s": [s["decode_s"] for s in ss]})
+                     "prompt_s": [s["prompt_s"] for s in ss], "decode_s": [s["decode_s"] for s in ss],
+                     "prompt_read_gb": [s["prompt_read_gb"] for s in ss],
+                     "decode_read_gb": [s["decode_read_gb"] for s in ss]})
     by = {(r["runtime"], r["prompt_tokens"]): r for r in rows}
     for r in rows:
         kimi = by.get(("kimi", r["prompt_tokens"]))
@@ -326,13 +354,15 @@ def main() -> None:
     print(f"decode reads {nbytes['total'] / 1e9:.3f} GB/token ({nbytes['dense'] / 1e9:.3f} non-expert + "
           f"{nbytes['experts'] / 1e9:.3f} routed experts); read bandwidth {bw:.1f} GB/s -> roofline "
           f"{roofline:.2f} tok/s")
-    print("| runtime | prompt | prompt tok/s | decode tok/s | roofline share | kimi/this prompt | kimi/this decode |")
-    print("|---|---|---|---|---|---|---|")
+    print("| runtime | prompt | prompt tok/s | decode tok/s | roofline share | kimi/this prompt | kimi/this decode "
+          "| GB read from disk (all rounds) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["prompt_tokens"], list(LABELS).index(r["runtime"]))):
         q = r.get("kimi_over_this")
         rp, rd = (f"{q['prompt']:.2f}", f"{q['decode']:.2f}") if q else ("-", "-")
         print(f"| {r['label']} | {r['prompt_tokens']} | {r['prompt_tok_s']:.2f} | {r['decode_tok_s']:.2f} | "
-              f"{100 * r['roofline_share']:.1f}% | {rp} | {rd} |")
+              f"{100 * r['roofline_share']:.1f}% | {rp} | {rd} | "
+              f"{sum(r['prompt_read_gb']) + sum(r['decode_read_gb']):.2f} |")
     for k, why in skipped.items():
         print(f"(skipped {LABELS[k]}: {why})")
 
