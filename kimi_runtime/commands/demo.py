@@ -104,26 +104,13 @@ def _cache_kwargs(no_cache: bool, err: Any) -> dict[str, Any]:
 
 
 def print_cache_stats(stats: Any, err: Any) -> None:
-    """Totals over layers of whatever per-layer counters the engine reports."""
+    """Engine.stats() as the short readable lines `chat`'s /stats prints (commands/units.py)."""
     if not isinstance(stats, dict):
         return
-    rows = stats.get("layers") or stats.get("per_layer") or stats.get("cache_layers")
-    if isinstance(rows, dict):
-        rows = list(rows.values())
-    if rows:
-        tot: dict[str, float] = {}
-        for r in rows:
-            for k, v in (r or {}).items():
-                if k != "layer" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    tot[k] = tot.get(k, 0) + v
-        hits, misses = tot.get("hits", 0), tot.get("misses", 0)
-        rate = f", hit rate {hits / (hits + misses):.1%}" if hits + misses else ""
-        print(f"cache over {len(rows)} layers: " + ", ".join(f"{k} {v:g}" for k, v in tot.items()) + rate,
-              file=err)
-    scal = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if scal:
-        print("engine: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                     for k, v in scal.items()), file=err)
+    from kimi_runtime.commands.units import stats_lines
+
+    for line in stats_lines(stats):
+        print(line, file=err)
 
 
 def main(args: argparse.Namespace) -> int:
