@@ -81,6 +81,31 @@ class _PeakAnon:
         return self.peak
 
 
+def _interleaved(engines: dict, ids: list[int], args: argparse.Namespace) -> int:
+    """Decode steps alternate between the engines one token at a time (the same page cache and the
+    same moment's load for both), medians per step; prompts alternate per round."""
+    steps: dict[str, list[float]] = {m: [] for m in engines}
+    prompts: dict[str, list[float]] = {m: [] for m in engines}
+    for _ in range(args.repeat):
+        for m, e in engines.items():
+            e.reset()
+            t0 = time.perf_counter()
+            e.prefill(ids)
+            prompts[m].append(len(ids) / (time.perf_counter() - t0))
+        for i in range(args.decode):
+            for m, e in engines.items():
+                t0 = time.perf_counter()
+                e.decode((ids[-1] + 17 * i) % e.config.n_vocab)
+                steps[m].append(time.perf_counter() - t0)
+    print(f"{args.model}: prompt {len(ids)}, {args.decode} decode steps x {args.repeat}, interleaved per token, "
+          f"threads {args.threads}, cache {args.cache_type}")
+    for m in engines:
+        med = statistics.median(steps[m])
+        print(f"  {m:7s} prompt {statistics.median(prompts[m]):8.2f} tok/s  decode {1 / med:7.3f} tok/s "
+              f"(median step {1000 * med:.1f} ms)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -92,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-type", default="f16", choices=["f16", "f32"])
     ap.add_argument("--ubatch", type=int, default=512)
     ap.add_argument("--n-ctx", type=int, default=None)
+    ap.add_argument("--interleave", action="store_true", help="alternate the engines per decode token")
     ap.add_argument("--long", type=int, default=0, help="instead: one prompt of this many tokens; peak RSS")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -120,6 +146,8 @@ def main(argv=None) -> int:
                         generator=torch.Generator().manual_seed(1)).tolist()
     for e in engines.values():  # warm-up: page in the weights this prompt touches
         _round(e, ids, 2)
+    if args.interleave:
+        return _interleaved(engines, ids, args)
     res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     for _ in range(args.repeat):
         for m, e in engines.items():
