@@ -11,8 +11,9 @@ charged). Both engines decode the same teacher-forced token ids one at a time. O
 step) are compared with the same engine's run without the limits (no cgroup, same flags). Needs root and
 cgroup v1 (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/blkio`); llama.cpp through `llama-cpp-python`
 (optional: skipped with a note when it is not installed). One JSON line per run in
-bench/results/disk_tier.jsonl. The K2-shaped file: `kimi-runtime synth k2-slice ...` (4 layers x 384
-experts UD-IQ1_S-like is 13.3 GB).
+bench/results/disk_tier.jsonl. The K2-shaped file (13.3 GB): `kimi-runtime synth k2-slice --layers 4
+--experts 384 --recipe ud-iq1_s FILE.gguf`. Use a file no other process keeps mapped: its pages survive
+drop_caches (the bench reports how much of the file was still cached before each run).
 """
 from __future__ import annotations
 
@@ -73,10 +74,40 @@ def drop_caches() -> Optional[str]:
         return f"drop_caches failed: {e}"
 
 
+def cached_fraction(path: str) -> float:
+    """Share of the file's pages in the page cache (mincore over a fresh mapping). Pages another
+    process keeps mapped survive drop_caches: a file shared with a running program is no cold file."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    page = os.sysconf("SC_PAGE_SIZE")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return float("nan")
+        n = (size + page - 1) // page
+        vec = (ctypes.c_ubyte * n)()
+        rc = libc.mincore(ctypes.c_void_p(addr), size, vec)
+        libc.munmap(ctypes.c_void_p(addr), size)
+        if rc != 0:
+            return float("nan")
+        return sum(b & 1 for b in vec) / n
+    finally:
+        os.close(fd)
+
+
 def run_child(kind: str, args: argparse.Namespace, groups: Optional[dict[str, str]]) -> dict[str, Any]:
     if groups:
         Path(groups["memory"], "memory.max_usage_in_bytes").write_text("0")
     note = drop_caches()
+    cached = cached_fraction(args.model)
     cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--tokens", str(args.tokens),
            "--prompt", str(args.prompt), "--threads", str(args.threads), "--ram-budget", args.ram_budget,
            "--seq-bytes", args.seq_bytes, "--seed", str(args.seed), "--readers", str(args.readers)]
@@ -92,7 +123,7 @@ def run_child(kind: str, args: argparse.Namespace, groups: Optional[dict[str, st
         res: dict[str, Any] = {"error": f"exit {r.returncode}: {r.stderr.strip()[-1500:]}"}
     else:
         res = json.loads(lines[-1])
-    res.update(kind=kind, limited=bool(groups), wall_s=wall)
+    res.update(kind=kind, limited=bool(groups), wall_s=wall, file_cached_before=cached)
     if note:
         res["page_cache"] = note
     if groups:
@@ -179,16 +210,19 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     prefill_s = time.perf_counter() - t0
     eng.reset_stats()
     hashes = []
+    r0 = _io_read_bytes()
     t0 = time.perf_counter()
     for t in ids[args.prompt:]:
         hashes.append(hashlib.sha256(eng.decode(t).numpy().tobytes()).hexdigest()[:16])
     dt = time.perf_counter() - t0
+    proc_read = _io_read_bytes() - r0
     st = eng.stats()
     tiers = st["tiers"]
     n = args.tokens
     return {"engine": "kimi-runtime", "tok_s": n / dt, "decode_s": dt, "prefill_s": prefill_s, "load_s": load_s,
             "peak_rss_bytes": peak_rss(), "ram_budget_bytes": parse_size(args.ram_budget),
             "disk_bytes_per_token": tiers["disk"]["bytes"] / n, "hit_rate": st["hit_rate"],
+            "proc_read_bytes_per_token": proc_read / n,  # every read of the process (page faults too)
             "prefetch_accuracy": st.get("prefetch_accuracy"), "tiers": tiers, "hashes": hashes,
             "cost_model": st["cost_model"], "placement": lines}
 
@@ -207,15 +241,14 @@ def child_llama(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     llm.eval(ids[:args.prompt])
     prefill_s = time.perf_counter() - t0
+    r0 = _io_read_bytes()  # what this process made the block layer read (its page faults), decode only
     t0 = time.perf_counter()
     for t in ids[args.prompt:]:
         llm.eval([t])
     dt = time.perf_counter() - t0
-    with open("/proc/self/io") as f:  # bytes this process made the block layer read
-        io = dict(line.split(": ") for line in f.read().splitlines())
     return {"engine": "llama.cpp", "version": llama_cpp.__version__, "tok_s": args.tokens / dt, "decode_s": dt,
             "prefill_s": prefill_s, "load_s": load_s, "peak_rss_bytes": peak_rss(),
-            "read_bytes_total": int(io.get("read_bytes", 0))}
+            "disk_bytes_per_token": (_io_read_bytes() - r0) / args.tokens}
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -240,7 +273,7 @@ def _io_read_bytes() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="/work/bigfiles/k2-4L-384E-ud-iq1_s.gguf")
+    ap.add_argument("--model", default="/work/bigfiles/disk/k2-4L-384E-ud-iq1_s.gguf")
     ap.add_argument("--mem-limit", default="4.5GiB", help="memory cgroup limit (page cache included)")
     ap.add_argument("--read-bps", type=float, default=400e6, help="blkio read throttle, bytes/s")
     ap.add_argument("--ram-budget", default="3.6GiB", help="our --ram-budget inside the cgroup")
@@ -261,7 +294,8 @@ def main() -> None:
         child_main(args)
         return
     if not os.path.exists(args.model):
-        sys.exit(f"{args.model}: not found; write a K2-shaped file with `kimi-runtime synth k2-slice ...`")
+        sys.exit(f"{args.model}: not found; write one with `kimi-runtime synth k2-slice --layers 4 --experts 384 "
+                 f"--recipe ud-iq1_s {args.model}`")
     if os.geteuid() != 0 or not os.path.isdir(f"{CG}/memory") or not os.path.isdir(f"{CG}/blkio"):
         sys.exit("needs root and cgroup v1 memory + blkio controllers under /sys/fs/cgroup")
     dev = device_of(args.model)
@@ -310,10 +344,7 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
             if r is not None:
                 print(f"| {r.get('engine', r['kind'])} | {r.get('error') or r.get('skipped')} |||||")
             continue
-        per_tok = r.get("disk_bytes_per_token")
-        if per_tok is None:  # llama.cpp: what its process read from the block device, per decode token
-            per_tok = r["process_read_bytes"] / max(meta["tokens"], 1)
-            r["disk_bytes_per_token_incl_load"] = per_tok
+        per_tok = r["disk_bytes_per_token"]  # decode only: ours from the disk tier, llama.cpp from /proc/self/io
         share = per_tok * r["tok_s"] / bw if bw else float("nan")
         r["disk_share"] = share
         print(f"| {r['engine']} | {r['tok_s']:.3f} | {per_tok / 1e6:.0f} | {100 * share:.0f}% | "
@@ -334,6 +365,10 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         out["rss_within_budget"] = ours["peak_rss_bytes"] <= ours["ram_budget_bytes"]
         print(f"peak RSS {ours['peak_rss_bytes'] / 2**30:.2f} GiB, budget "
               f"{ours['ram_budget_bytes'] / 2**30:.2f} GiB: {'within' if out['rss_within_budget'] else 'OVER'}")
+    worst = max((r.get("file_cached_before", 0.0) for r in runs), default=0.0)
+    out["file_cached_before_max"] = worst
+    print(f"page cache dropped before every run; at most {100 * worst:.1f}% of the file was still cached"
+          + (" (mapped by another process: not a cold file!)" if worst > 0.02 else ""))
     notes = {r.get("page_cache") for r in runs if r.get("page_cache")}
     for n in notes:
         print(f"note: {n}")

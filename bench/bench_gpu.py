@@ -198,7 +198,7 @@ def engine_speed(path: str, label: str, quick: bool) -> dict:
     from kimi_runtime.gpu.backend import CudaBackend
     from kimi_runtime.gpu.engine import make_provider, to_gpu
 
-    n_prompt, n_dec = (64, 8) if quick else (256, 16)
+    n_prompt, n_dec = (64, 4) if quick else (128, 8)
     prompt = torch.randint(0, 1000, (n_prompt,), generator=torch.Generator().manual_seed(0))
 
     def run(eng) -> tuple[float, float]:

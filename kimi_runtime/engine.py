@@ -95,7 +95,7 @@ class Engine:
     @classmethod
     def from_gguf(cls, path: str, *, provider: Optional[ExpertProvider] = None,
                   cache_fraction: Optional[float] = None, cache_slots: Optional[int] = None,
-                  cache_policy: str = "lru", prefetch: bool = False, overrides: Sequence[str] = (),
+                  cache_policy: str = "lfu", prefetch: bool = False, overrides: Sequence[str] = (),
                   cpu_moe: bool = False, n_cpu_moe: int = 0, gpu_budget: Union[int, str, None] = None,
                   ram_budget: Union[int, str, None] = None, trace: Optional[str] = None,
                   miss_policy: str = "auto", admit: Union[bool, str] = "auto", cost_model: Any = None,

@@ -148,10 +148,13 @@ def test_check_context_by_hand() -> None:
 
     cfg = KNOWN_MODELS["kimi-k2"]
     n, kv = check_context(cfg, None, None)
-    assert n == 4096 and kv == 61 * 4096 * 576 * 4  # float32 latent + rope key per layer
+    assert n == 4096 and kv == 61 * 4096 * 576 * 2  # f16 latent + rope key per layer (the default)
+    assert check_context(cfg, None, None, "f32")[1] == 61 * 4096 * 576 * 4
     with pytest.raises(UsageError, match="maximum context of 131,072"):
         check_context(cfg, 100_000_000, None)
     with pytest.raises(UsageError, match=r"at most about 7,460 tokens fit"):
+        check_context(cfg, 131072, 61 * 576 * 4 * 7460 + 5, "f32")
+    with pytest.raises(UsageError, match=r"at most about 14,920 tokens fit"):
         check_context(cfg, 131072, 61 * 576 * 4 * 7460 + 5)
 
 

@@ -4,8 +4,8 @@ pool, the hybrid provider's lane split and next-layer prefetch) decodes like the
 
 This is a plumbing check (weights, caches, slots, lanes wired right), not the accuracy check: the GPU
 path quantizes activations per 32 values and the CPU kernels per 256 for k-/i-quants, and the tiny
-random model amplifies such differences (measured: logits cosine >= 0.98, max error <= 19% of the
-largest logit on this model, for the slot pool on or off). The kernel-level bounds are asserted in
+random model amplifies such differences into logit differences of several percent, with the slot
+pool on or off. The kernel-level bounds are asserted in
 test_cuda_emulated_gemv.py / _moe.py. Tolerance here: cosine >= 0.95 per step, the same argmax on at
 least 3 of 4 steps; a wiring error (wrong weight, stale cache, lost expert) gives cosine near 0."""
 from __future__ import annotations

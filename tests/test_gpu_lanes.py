@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -124,3 +123,25 @@ def test_cuda_backend_refuses_without_gpu() -> None:
         pytest.skip("a usable GPU is present")
     with pytest.raises(GpuUnavailable):
         CudaBackend()
+
+
+def test_plan_gpu_kimi_on_a_24gb_card() -> None:
+    """Kimi K2 (Q2_K experts) on a 24 GiB card: every non-expert tensor and the KV cache in VRAM, the
+    context + workspace reserved, the remaining VRAM as whole expert slots; too small a card is an error."""
+    import gguf
+
+    from kimi_runtime.experts.placement import Footprint, PlacementError, kv_cache_bytes, workspace_bytes
+    from kimi_runtime.gpu.placement import plan_gpu
+    from kimi_runtime.known_models import KNOWN_MODELS, uniform_recipe
+
+    fp = Footprint.from_config(KNOWN_MODELS["kimi-k2"], uniform_recipe(gguf.GGMLQuantizationType.Q2_K))
+    mem = GpuMemory(total=24 << 30, free=23 << 30)
+    p = plan_gpu(fp, mem, ctx=8192)
+    assert p.tier == "gpu"
+    assert all(d == "gpu" for n, d in p.devices.items() if not any(r in n for r in ("_exps",)))
+    b = gpu_budget(mem, ctx=8192, n_embd=7168, n_ff=2048, k=8)
+    free = mem.free - (fp.non_expert_bytes + kv_cache_bytes(fp.config, 8192) + workspace_bytes(fp.config, 512)
+                       + b.gpu_reserve)
+    assert p.n_slots == free // fp.max_expert_bytes > 0
+    with pytest.raises(PlacementError):
+        plan_gpu(fp, GpuMemory(8 << 30, 8 << 30))

@@ -152,3 +152,31 @@ def test_moe_batched_bit_identical_to_per_token(isa: str) -> None:
     got = kernels.moe_ffn(x, refs, sel, w)
     for t in range(n_tok):
         np.testing.assert_array_equal(got[t], kernels.moe_ffn(x[t:t + 1], refs, sel[t:t + 1], w[t:t + 1])[0])
+
+
+KIMI_EXPERT_TYPES = [(T.IQ1_S, T.IQ2_XXS), (T.IQ1_M, T.IQ2_XS), (T.TQ1_0, T.TQ2_0), (T.Q2_K, T.Q3_K),
+                     (T.IQ2_S, T.IQ3_XXS), (T.IQ3_S, T.IQ4_XS)]
+
+
+@pytest.mark.parametrize("types", KIMI_EXPERT_TYPES, ids=lambda t: f"{t[0].name}-{t[1].name}")
+def test_tokens_sharing_an_expert_equal_one_token_calls(types, isa: str) -> None:
+    """When an expert has several tokens the fused FFN runs the multi-row kernels (one block decode for
+    up to 4 tokens); each token's output must still be bit-identical to running that token alone."""
+    tgu, td = types
+    if isa != "scalar":
+        assert kernels.has_multirow(tgu) and kernels.has_multirow(td)
+    n_exp, n_tok, k = 3, 7, 2
+    refs = []
+    for e in range(n_exp):
+        g, u = random_weights(tgu, N_FF, N_EMBD, 90 + 3 * e), random_weights(tgu, N_FF, N_EMBD, 91 + 3 * e)
+        d = random_weights(td, N_EMBD, N_FF, 92 + 3 * e)
+        refs.append(kernels.expert_ref(g, u, d, (tgu, tgu, td), N_FF, N_EMBD))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n_tok, N_EMBD)).astype(np.float32)
+    sel = np.stack([rng.permutation(n_exp)[:k] for _ in range(n_tok)]).astype(np.int32)  # ~5 tokens per expert
+    w = rng.uniform(0.2, 1.0, (n_tok, k)).astype(np.float32)
+    batch = kernels.moe_ffn(x, refs, sel, w)
+    assert np.isfinite(batch).all() and np.abs(batch).max() > 0
+    for t in range(n_tok):
+        one = kernels.moe_ffn(x[t:t + 1], refs, sel[t:t + 1], w[t:t + 1])
+        np.testing.assert_array_equal(batch[t], one[0], err_msg=f"token {t}")

@@ -106,3 +106,22 @@ def test_plan_a_file(tiny_gguf: str, capsys: pytest.CaptureFixture, tmp_path) ->
     assert main(["plan", str(tmp_path)]) == 2 and "is a directory" in capsys.readouterr().err
     assert main(["plan", tiny_gguf, "--recipe", "UD-TQ1_0"]) == 2
     assert main(["plan", "--known", "kimi-k2", "--hit-rates", "0,2"]) == 2
+
+
+def test_file_larger_than_ram_gets_a_disk_tier_prediction(capsys: pytest.CaptureFixture, synth_model) -> None:
+    small_gguf = synth_model("small").gguf
+    from kimi_runtime.experts.disk_model import predict_disk_decode  # noqa: F401  (the model plan uses)
+
+    k2 = ["plan", "--known", "kimi-k2", "--recipe", "UD-TQ1_0", "--no-kernel-measure", "--gpu-budget", "24"]
+    roomy = _plan(capsys, [*k2, "--ram-budget", "512"])
+    assert roomy["disk_tier"] is None  # fits in RAM + VRAM: no disk tier
+    tight = _plan(capsys, [*k2, "--ram-budget", "128", "--bandwidths", "nvme=3"])
+    d = tight["disk_tier"]
+    assert d["disk_source"].startswith("nvme") and d["disk_bps"] == 3e9
+    assert 0 < d["hit_rate"] < 1 and d["disk_bytes_per_token"] > 0
+    assert d["tok_per_s"] >= d["tok_per_s_serial"] > 0  # reads overlapped with compute never lose
+    faster = _plan(capsys, [*k2, "--ram-budget", "128", "--bandwidths", "nvme=12"])["disk_tier"]
+    assert faster["tok_per_s"] >= d["tok_per_s"]
+    # A budget that holds the non-expert part but not the runtime beside it: said, not a crash.
+    small = _plan(capsys, [*k2, "--ram-budget", "12.2"])["disk_tier"]
+    assert "error" in small and "does not fit" in small["error"]

@@ -65,7 +65,7 @@ def test_next_use_matches_brute_force():
 
 def test_unknown_policy_and_bad_capacity():
     with pytest.raises(ValueError, match="unknown policy"):
-        make_policy("arc", 4)
+        make_policy("nope", 4)
     with pytest.raises(ValueError, match="capacity"):
         make_policy("lru", 0)
     with pytest.raises(ValueError, match="demand"):

@@ -15,6 +15,8 @@ import torch
 from kimi_runtime.engine import Engine
 from kimi_runtime.experts.placement import PlacementError
 
+from kimi_runtime.experts.tiers import o_direct_supported as odirect_works
+
 IDS = [1, 5, 9, 33, 100, 7, 8, 2, 44, 11]
 
 
@@ -39,23 +41,26 @@ def _run(eng, steps=(3, 4, 5, 6, 7, 8)):
 
 
 def test_disk_tier_logits_and_tier_stats(small_gguf):
-    ref = _run(Engine.from_gguf(small_gguf, report=False))
+    ref = _run(Engine.from_gguf(small_gguf, report=False, native=False))  # the disk tier runs the Python layers
     lines = []
-    eng = Engine.from_gguf(small_gguf, cache_slots=10, expert_reads="direct", prefetch=True, report=lines.append)
+    # Enough slots that the prompt's experts fit at once: every expert from its slot in one fused call,
+    # the direct provider's result exactly.
+    eng = Engine.from_gguf(small_gguf, cache_slots=64, expert_reads="direct", prefetch=True, report=lines.append)
     assert any(line.startswith("disk tier: direct reads") for line in lines)
     assert eng.provider.slots_only and eng.provider.cache.n_readers == 4
-    got = _run(eng)
-    # Decode runs every expert from its slot in one fused call: the direct provider's result. The
-    # 9-token prompt needs more experts than half the slots and runs in windows (another sum order).
-    assert torch.allclose(got, ref, atol=1e-5, rtol=0)
+    assert torch.allclose(_run(eng), ref, atol=1e-5, rtol=0)
+    # With 10 slots the 9-token prompt needs more experts than half the slots and runs in windows:
+    # another summation order, which random routers' near-ties can amplify, so it is compared with
+    # itself: the same logits whatever the timing of the readers.
+    got = _run(Engine.from_gguf(small_gguf, cache_slots=10, expert_reads="direct", prefetch=True, report=False))
     again = Engine.from_gguf(small_gguf, cache_slots=10, expert_reads="direct", prefetch=True, report=False)
     assert torch.equal(_run(again), got)  # whatever the timing of the readers
-    st = eng.stats()
+    st = again.stats()
     ram, disk = st["tiers"]["ram"], st["tiers"]["disk"]
     for tier in (ram, disk):
         assert {"hits", "misses", "bytes", "stall_seconds"} <= tier.keys()
     assert ram["hits"] + ram["misses"] > 0 and ram["slots"] == 10
-    assert disk["mode"] == "direct" and disk["direct"] and disk["read_errors"] == 0
+    assert disk["mode"] == "direct" and disk["direct"] == odirect_works(small_gguf) and disk["read_errors"] == 0
     # every load is one read of the file; wrong guesses still queued when their layer came are dropped
     assert disk["hits"] == ram["misses"] + ram["prefetches"] - ram["prefetch_cancelled"]
     assert disk["bytes"] >= ram["bytes"] > 0
@@ -99,7 +104,7 @@ def test_read_error_in_decode_is_clear(small_gguf):
     eng = Engine.from_gguf(small_gguf, cache_slots=6, expert_reads="direct", report=False)
     eng.prefill(IDS)
     eng.provider.cache.store.inject_fault("eio", skip=0, count=10**6)
-    with pytest.raises(RuntimeError, match="load failed: ExpertStore: direct read of .* Input/output error"):
+    with pytest.raises(RuntimeError, match="load failed: ExpertStore: (direct )?read of .* Input/output error"):
         for t in range(20):  # some step misses
             eng.decode(t + 3)
     eng.provider.cache.store.inject_fault("none")

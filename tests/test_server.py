@@ -325,3 +325,16 @@ def test_openai_client_on_the_real_engine(real_server: LiveServer) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=msgs, max_tokens=2)
     assert "kimi_runtime_completion_tokens_total" in httpx.get(real_server.url + "/metrics").text
+
+
+def test_metrics_carry_the_cache_tiers() -> None:
+    from kimi_runtime.server.metrics import Metrics
+
+    stats = {"fetched": 3, "tiers": {"ram": {"hits": 5, "misses": 2, "bytes": 1024, "stall_seconds": 0.5,
+                                              "mode": "direct"},
+                                      "disk": {"hits": 2, "bytes": 4096, "read_errors": 0}}}
+    text = Metrics().render(0, 0, lambda: stats)
+    assert 'kimi_runtime_tier_hits{tier="ram"} 5' in text and 'kimi_runtime_tier_hits{tier="disk"} 2' in text
+    assert 'kimi_runtime_tier_stall_seconds{tier="ram"} 0.5' in text
+    assert 'kimi_runtime_tier_bytes{tier="disk"} 4096' in text and "mode" not in text
+    assert "kimi_runtime_engine_fetched 3" in text

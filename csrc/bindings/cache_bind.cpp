@@ -69,7 +69,8 @@ kr::Fault parse_fault(const std::string& f) {
   if (f == "eof") return kr::Fault::Eof;
   if (f == "short") return kr::Fault::Short;
   if (f == "slow") return kr::Fault::Slow;
-  kr::fail("fault must be 'none', 'eio', 'eof', 'short' or 'slow', got '" + f + "'");
+  if (f == "einval") return kr::Fault::Einval;
+  kr::fail("fault must be 'none', 'eio', 'eof', 'short', 'slow' or 'einval', got '" + f + "'");
 }
 
 // The whole pages inside a buffer (madvise and mlock work on pages; rounding inwards never
@@ -136,7 +137,7 @@ void register_cache(py::module_& m) {
              s.inject_fault(parse_fault(kind), skip, count);
            },
            py::arg("kind"), py::arg("skip") = 0, py::arg("count") = 1,
-           "Tests: after `skip` good reads, fail the next `count` ('eio', 'eof', 'short', 'slow'; 'none' off).")
+           "Tests: after `skip` good reads, fail the next `count` ('eio', 'eof', 'short', 'slow', 'einval'; 'none' off).")
       .def("part_size", &ExpertStore::part_size, py::arg("part"))
       .def("has", &ExpertStore::has, py::arg("layer"), py::arg("expert"))
       .def("expert_bytes", &ExpertStore::expert_bytes, py::arg("layer"), py::arg("expert"))

@@ -422,12 +422,24 @@ std::vector<uint64_t> ExpertCache::fill(const Job& job, uint8_t* buf, uint64_t c
   const ByteRange* r = store_->ranges(job.layer, job.expert);
   const bool direct = store_->mode() == ReadMode::Direct;
   uint64_t at = 0, used = 0;
-  for (int k = 0; k < 3; ++k) {
-    // Each range at an aligned place in buf, so O_DIRECT can read straight into it.
-    const uint8_t* src = store_->read_range(r[k], buf + used, cap - used, staged_);
-    used += direct ? ExpertStore::aligned_span(r[k]) : r[k].nbytes;
-    tickets.push_back(pool_->begin_copy(job.slot, at, src, r[k].nbytes));
-    at += r[k].nbytes;
+  try {
+    for (int k = 0; k < 3; ++k) {
+      // Each range at an aligned place in buf, so O_DIRECT can read straight into it.
+      const uint8_t* src = store_->read_range(r[k], buf + used, cap - used, staged_);
+      used += direct ? ExpertStore::aligned_span(r[k]) : r[k].nbytes;
+      tickets.push_back(pool_->begin_copy(job.slot, at, src, r[k].nbytes));
+      at += r[k].nbytes;
+    }
+  } catch (...) {
+    // A later range failed: the copies already started still read buf, which must not be handed
+    // to another load before they end (the slot itself is discarded).
+    for (uint64_t t : tickets) {
+      try {
+        pool_->wait_copy(t);
+      } catch (...) {
+      }
+    }
+    throw;
   }
   return tickets;
 }

@@ -168,7 +168,12 @@ void ExpertStore::inject_fault(Fault kind, int64_t skip, int64_t count) {
 ssize_t ExpertStore::sys_pread(int fd, uint8_t* dst, uint64_t n, uint64_t off, bool direct) const {
   reads_++;
   int kind = fault_kind_.load();
+  if (kind == (int)Fault::Einval && !direct) kind = (int)Fault::None;
   if (kind != (int)Fault::None && fault_skip_.fetch_sub(1) <= 0 && fault_left_.fetch_sub(1) > 0) {
+    if (kind == (int)Fault::Einval) {
+      errno = EINVAL;
+      return -1;
+    }
     if (kind == (int)Fault::Eio) {
       errno = EIO;
       return -1;

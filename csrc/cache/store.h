@@ -28,8 +28,9 @@ enum class ReadMode { Mmap, Pread, Direct };
 // Fault injection for tests, compiled in always and off by default: after `skip` successful
 // reads the next `count` reads fail. Eio: -1/EIO. Eof: 0 bytes (a file truncated under us).
 // Short: half the asked bytes, a legal partial read the loop must absorb (data stays correct).
-// Slow: the read succeeds after 100 ms (a busy disk; for timing tests).
-enum class Fault { None, Eio, Eof, Short, Slow };
+// Slow: the read succeeds after 100 ms (a busy disk; for timing tests). Einval: an O_DIRECT read
+// refused (a file system that takes the open but not the read); buffered reads are not hit.
+enum class Fault { None, Eio, Eof, Short, Slow, Einval };
 
 class ExpertStore {
  public:

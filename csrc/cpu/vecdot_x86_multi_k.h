@@ -75,10 +75,12 @@ void dotm_iq4_xs(int64_t n, const void* w, const void* a, size_t as, float* out,
     for (int ib = 0; ib < 8; ++ib) {
       const int ls = ((x[b].scales_l[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
       const __m256i q = _mm256_shuffle_epi8(table, nibbles32(x[b].qs + 16 * ib));
-      const __m256i aq = _mm256_sign_epi8(q, q), scl = _mm256_set1_epi32(ls - 32);
+      // |q| <= 127 and |y| <= 127, so maddubs' pair sums (<= 32258) never saturate and the scale
+      // joins in madd: exact, and cheaper than a 32-bit multiply per 32 weights.
+      const __m256i aq = _mm256_sign_epi8(q, q), scl = _mm256_set1_epi16((short)(ls - 32));
       for (int r = 0; r < R; ++r) {
-        const __m256i p = dpbusd(_mm256_setzero_si256(), aq, _mm256_sign_epi8(load256(y[r][b].qs + 32 * ib), q));
-        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p, scl));
+        const __m256i p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(load256(y[r][b].qs + 32 * ib), q));
+        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, scl));
       }
     }
     const float xd = f16(x[b].d);

@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="assume CPU kernels run at full RAM bandwidth (do not time them)")
     p.add_argument("--remeasure", action="store_true",
                    help="time the CPU kernels again instead of reading the cached rates")
+    p.add_argument("--no-disk-measure", action="store_true",
+                   help="for a file larger than RAM + VRAM: use --bandwidths nvme= instead of timing cold "
+                        "O_DIRECT reads of the file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -128,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
                                       or not placement.n_slots and h > 0):
             pr = replace(pr, reachable=False)
         preds.append(pr)
+    disk = None
+    if budget.ram_bytes + budget.gpu_bytes < fp.total_bytes and placement.n_cacheable:
+        disk = disk_tier_prediction(args, fp, budget, rules, bw, eff)
     moe = fp.moe_layers
     facts = {
         "model": label,
@@ -153,12 +159,43 @@ def run(args: argparse.Namespace) -> int:
         "cpu_kernels": kr.as_dict() if kr is not None else None,
         "hit_ceiling": ceiling.__dict__ if ceiling is not None else None,
         "predictions": [p.__dict__ for p in preds],
+        "disk_tier": disk,
     }
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
     print(render(facts, fp, placement, preds, kr, ceiling))
     return 0
+
+
+def disk_tier_prediction(args: argparse.Namespace, fp: Any, budget: Any, rules: list, bw: Any,
+                         eff: Any) -> dict:
+    """Decode on the disk tier (experts streamed by O_DIRECT readers into RAM slots, overlapped with
+    compute) for a file larger than RAM + VRAM. The disk rate is the file's own cold read rate when the
+    file is given (experts.disk_model.cold_read_rate), else --bandwidths nvme=; the compute rate is
+    this plan's in-memory prediction (measured kernel speeds) at full hit rate."""
+    from kimi_runtime.experts.disk_model import compute_bps_from_run, predict_disk_decode
+    from kimi_runtime.experts.placement import PlacementError, auto_fit, predict
+
+    source = "nvme bandwidth (--bandwidths)"
+    disk_bps = bw.nvme
+    path = args.model or args.model_file
+    if path and not args.no_disk_measure:
+        from kimi_runtime.experts.disk_model import cold_read_rate
+        from kimi_runtime.gguf import open_gguf
+
+        with open_gguf(path) as m:
+            r = cold_read_rate(m)
+        disk_bps, source = float(r["bytes_per_s"]), "cold O_DIRECT reads of this file"
+    roomy = replace(budget, ram_bytes=1 << 62)
+    in_memory = predict(fp, auto_fit(fp, roomy, rules), bw, 1.0, roomy.ram_bytes, eff)
+    try:
+        d = predict_disk_decode(fp, budget.ram_bytes, disk_bps, ctx=budget.ctx,
+                                compute_bps=compute_bps_from_run(fp, in_memory.tok_per_s)).as_dict()
+    except PlacementError as e:  # the runtime's own memory on top of the non-expert part does not fit
+        d = {"error": str(e).splitlines()[0]}
+    d.update(disk_bps=disk_bps, disk_source=source)
+    return d
 
 
 def _bytes_by_type(fp: Any) -> dict[str, int]:
@@ -199,4 +236,12 @@ def render(facts: dict, fp: Any, placement: Any, preds: list, kr: Any, ceiling: 
         hr = f"{p.hit_rate:8.2f}" if placement.n_cacheable else f"{'-':>8}"
         L.append(f"{hr} {p.gpu_bytes / GB:12.3f} {p.ram_bytes / GB:11.3f} {p.pcie_bytes / GB:12.3f} "
                  f"{p.disk_bytes / GB:12.3f} {p.miss_path:>9} {p.tok_per_s:8.2f}{note}")
+    d = facts.get("disk_tier")
+    if d and "error" in d:
+        L.append(f"disk tier: {d['error']}")
+    elif d:
+        L.append(f"disk tier (--ram-budget below the file; {d['disk_source']}: {d['disk_bps'] / GB:.2f} GB/s): "
+                 f"{d['slots']:,} RAM slots, hit rate {d['hit_rate']:.2f}, {d['disk_bytes_per_token'] / GB:.3f} GB "
+                 f"read per token, {d['tok_per_s']:.2f} tok/s ({d['bound']}-bound; {d['tok_per_s_serial']:.2f} "
+                 f"tok/s if reads waited on compute, as mmap page faults do)")
     return "\n".join(L)

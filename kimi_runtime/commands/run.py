@@ -62,7 +62,7 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
                         "--ram-budget holds fewer slots than experts")
     g.add_argument("--readers", type=int, default=None, metavar="N",
                    help="reader threads filling expert slots (default 4 on the disk tier, else 1)")
-    g.add_argument("--cache-policy", choices=("lru", "lfu"), default="lru")
+    g.add_argument("--cache-policy", choices=("lru", "lfu"), default="lfu")
     g.add_argument("--prefetch", action="store_true",
                    help="prefetch layer l+1's experts guessed by its router on layer l's hidden state")
     g.add_argument("--miss-policy", choices=("auto", "cpu", "fetch"), default="auto",

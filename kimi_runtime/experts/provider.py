@@ -374,7 +374,7 @@ def _size(v: Union[int, str, None]) -> int:
 
 
 def build_expert_setup(src: WeightSource, *, cache_fraction: Optional[float] = None,
-                       cache_slots: Optional[int] = None, cache_policy: str = "lru", prefetch: bool = False,
+                       cache_slots: Optional[int] = None, cache_policy: str = "lfu", prefetch: bool = False,
                        overrides: Sequence[str] = (), cpu_moe: bool = False, n_cpu_moe: int = 0,
                        gpu_budget: Union[int, str, None] = None, ram_budget: Union[int, str, None] = None,
                        miss_policy: str = "auto", admit: Union[bool, str] = "auto",

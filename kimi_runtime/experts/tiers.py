@@ -54,6 +54,17 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def o_direct_supported(path: str) -> bool:
+    """Whether the file system under `path` opens it with O_DIRECT (tmpfs and some overlay file
+    systems refuse; the store then reads buffered and drops what it read from the page cache)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        return False
+    os.close(fd)
+    return hasattr(os, "O_DIRECT")
+
+
 def _tensors(model: Any, experts: bool) -> Iterator[Any]:
     for t in model.tensors.values():
         if (parse_name(t.name)[1] in EXPERT_ROLES) == experts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -198,7 +199,7 @@ def load_trace(path: Union[str, os.PathLike]) -> Trace:
         z = np.load(os.fspath(path), allow_pickle=False)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such trace file") from None
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         # numpy's own message suggests allow_pickle=True for some inputs: never what a trace needs
         raise ValueError(f"{path}: not a trace file (not an .npz archive written by kimi-runtime)") from None
     if not hasattr(z, "files"):  # a plain .npy array
@@ -216,7 +217,7 @@ def load_trace(path: Union[str, os.PathLike]) -> Trace:
             raise ValueError(f"{path}: not a kimi-runtime trace (format {meta.get('format')!r})")
         try:
             a = {k: z[k] for k in z.files if k != "meta"}
-        except (ValueError, OSError, EOFError):
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
             raise ValueError(f"{path}: not a trace file (unreadable arrays)") from None
     missing = {"step", "layer", "start", "positions", "ids", "weights"} - set(a)
     if missing:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from kimi_runtime.gpu.hybrid import HybridProvider
@@ -44,15 +43,6 @@ class DeviceLinear:
         return q.rows(ids.cpu()).to(self.backend.device)
 
 
-def _dev(t: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:
-    return t.to(device) if isinstance(t, torch.Tensor) else t
-
-
-def _convert_mlp(mlp, backend) -> None:
-    for name in ("gate", "up", "down"):
-        setattr(mlp, name, DeviceLinear(getattr(mlp, name), backend))
-
-
 def expert_types(src, cfg) -> dict:
     """layer -> (gate, up, down) ggml type ids of the routed experts (from the GGUF tensor table)."""
     out = {}
@@ -73,19 +63,26 @@ def make_provider(engine, backend, n_slots: int, rates: Optional[LaneRates] = No
                           cfg.n_expert_used, n_slots, rates, prefetch=prefetch, **kw)
 
 
+def _move(obj, backend) -> None:
+    """Every tensor attribute of obj to the device, every QLinear attribute to a DeviceLinear."""
+    for name, val in list(vars(obj).items()):
+        if isinstance(val, torch.Tensor):
+            setattr(obj, name, val.to(backend.device))
+        elif isinstance(val, QLinear):
+            setattr(obj, name, DeviceLinear(val, backend))
+
+
 def to_gpu(engine, backend, provider: Optional[HybridProvider] = None) -> Any:
     """Convert engine.model and engine.cache for `backend` (in place); returns the engine."""
     from kimi_runtime.model.moe import MLP, MoE
 
     dev = backend.device
     m = engine.model
-    m.embed = DeviceLinear(m.embed, backend)
-    m.output = DeviceLinear(m.output, backend)
-    m.output_norm = _dev(m.output_norm, dev)
+    m.native = None  # the native CPU layer step gives way to the Python layers over device tensors
+    m.native_off_reason = "the GPU tier runs the layers on the device"
+    _move(m, backend)  # embed, output (DeviceLinear), output_norm
     rope = m.rope
-    for name, val in list(vars(rope).items()):
-        if isinstance(val, torch.Tensor):
-            setattr(rope, name, val.to(dev))
+    _move(rope, backend)
     rope._pos = None
     cos_sin = type(rope).cos_sin
 
@@ -94,27 +91,22 @@ def to_gpu(engine, backend, provider: Optional[HybridProvider] = None) -> Any:
 
     rope.cos_sin = cos_sin_dev
     for b in m.blocks:
-        b.attn_norm, b.ffn_norm = _dev(b.attn_norm, dev), _dev(b.ffn_norm, dev)
+        _move(b, backend)  # norms
         a = b.attn
-        for name in ("q_a", "q_b", "q", "kv_a", "out"):
-            if isinstance(getattr(a, name, None), QLinear):
-                setattr(a, name, DeviceLinear(getattr(a, name), backend))
-        for name in ("q_a_norm", "kv_a_norm", "w_kb", "w_vb"):
-            if hasattr(a, name):
-                setattr(a, name, _dev(getattr(a, name), dev))
+        _move(a, backend)  # q_a/q_b/q, kv_a, out, norms
+        a._w = tuple(w.to(dev) for w in (a._w or a._float_heads()))  # (W_kb, W_vb) on the device
         a.k_heads = a.v_heads = None  # per-head native CPU kernels: torch bmm on the device instead
         future = type(a)._future
         a._future = lambda T, start, _f=future: _f(T, start).to(dev)
         if isinstance(b.ffn, MLP):
-            _convert_mlp(b.ffn, backend)
+            _move(b.ffn, backend)
         elif isinstance(b.ffn, MoE):
-            r = b.ffn.router
-            r.weight, r.bias = _dev(r.weight, dev), _dev(r.bias, dev)
+            _move(b.ffn.router, backend)
             if b.ffn.shared is not None:
-                _convert_mlp(b.ffn.shared, backend)
+                _move(b.ffn.shared, backend)
             if provider is not None:
                 b.ffn.provider = provider
-                provider.routers[b.ffn.layer] = r.weight
+                provider.routers[b.ffn.layer] = b.ffn.router.weight
     if provider is not None:
         m.provider = provider
     c = engine.cache

@@ -6,8 +6,8 @@ micro-batch (each selected expert once, whatever its token count); the GPU lane 
 layer's likely experts (its router on this layer's input) are prefetched into slots."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 

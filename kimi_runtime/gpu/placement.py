@@ -48,3 +48,15 @@ def gpu_budget(mem: GpuMemory, ram_bytes: int = 0, ctx: int = 4096, ubatch: int 
 def staging_host_bytes(expert_bytes: int, n_staging: int = STAGING_BUFFERS) -> int:
     """Pinned host memory of the staging ring (counted against RAM, not VRAM)."""
     return n_staging * expert_bytes
+
+
+def plan_gpu(fp, mem: GpuMemory, ram_bytes: int = 0, ctx: int = 4096, ubatch: int = 512, rules=(),
+             limit: Optional[int] = None):
+    """Placement on a GPU machine (experts.placement.auto_fit with this module's Budget): non-expert
+    weights and the KV cache in VRAM, the context and kernel workspace reserved, slots for the rest."""
+    from kimi_runtime.experts.placement import auto_fit
+
+    cfg = fp.config
+    b = gpu_budget(mem, ram_bytes=ram_bytes, ctx=ctx, ubatch=ubatch, n_embd=cfg.n_embd, n_ff=cfg.n_ff_exp,
+                   k=cfg.n_expert_used, limit=limit)
+    return auto_fit(fp, b, rules)

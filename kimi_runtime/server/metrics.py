@@ -97,12 +97,20 @@ class Metrics:
 
 def _engine_lines(stats: Mapping[str, Any], metric: Callable[..., None]) -> None:
     """Scalars become kimi_runtime_engine_<key>; a per-layer table (`layers`: list of dicts, or a dict
-    keyed by layer) becomes kimi_runtime_cache_<field>{layer="i"}."""
+    keyed by layer) becomes kimi_runtime_cache_<field>{layer="i"}; the expert cache's tiers (`tiers`:
+    {"ram": {...}, "disk": {...}, "vram": {...}}) become kimi_runtime_tier_<field>{tier="ram"}."""
     per_layer: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    per_tier: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for key, val in stats.items():
         v = _num(val)
         if v is not None:
             metric(f"engine_{_name(key)}", "gauge", f"Engine statistic {key}.", [("", v)])
+        elif key == "tiers" and isinstance(val, Mapping):
+            for tier, row in val.items():
+                for f, x in (row.items() if isinstance(row, Mapping) else ()):
+                    n = _num(x)
+                    if n is not None:
+                        per_tier[_name(f)].append((f'{{tier="{_name(tier)}"}}', n))
         elif key in ("layers", "per_layer", "cache_layers"):
             rows = val.items() if isinstance(val, Mapping) else enumerate(val or [])
             for layer, row in rows:
@@ -119,6 +127,8 @@ def _engine_lines(stats: Mapping[str, Any], metric: Callable[..., None]) -> None
                            [("", n)])
     for f, samples in sorted(per_layer.items()):
         metric(f"cache_{f}", "gauge", f"Expert cache {f} per layer.", samples)
+    for f, samples in sorted(per_tier.items()):
+        metric(f"tier_{f}", "gauge", f"Expert cache tier {f} (hits, misses, bytes, stall seconds...).", samples)
 
 
 def _name(s: Any) -> str:

@@ -282,18 +282,46 @@ KR_HD void unpack32<(int)GgmlType::TQ2_0>(const uint8_t* row, int64_t ib, Sub32&
   set_scales(s, 1, 1, load_f16(&b->d));
 }
 
-// The sub-block's dot with one activation block: exact int32 dots, then three float products.
+// Four int8 products summed onto c (the device's dp4a; exact integer arithmetic on both sides).
+KR_HD int dot4(int a, int b, int c) {
+#if defined(__CUDA_ARCH__)
+  return __dp4a(a, b, c);
+#else
+  for (int k = 0; k < 4; ++k) c += (int)(int8_t)(a >> (8 * k)) * (int)(int8_t)(b >> (8 * k));
+  return c;
+#endif
+}
+
+KR_HD int pack4(const int8_t* q) {
+  return (int)((uint32_t)(uint8_t)q[0] | ((uint32_t)(uint8_t)q[1] << 8) | ((uint32_t)(uint8_t)q[2] << 16) |
+               ((uint32_t)(uint8_t)q[3] << 24));
+}
+
+// The activation block's codes as 8 words (qs sits 4-byte aligned at offset 8 of the 40-byte block).
+KR_HD int act_word(const block_q8a32& a, int i) {
+#if defined(__CUDA_ARCH__)
+  return reinterpret_cast<const int*>(a.qs)[i];
+#else
+  return (int)load_u32(a.qs + 4 * i);
+#endif
+}
+
+// The sub-block's dot with one activation block: exact int32 dots (dp4a), then three float products.
 KR_HD float sub_dot(const Sub32& s, const block_q8a32& a) {
   int d0 = 0, d1 = 0, a0 = 0, a1 = 0;
-  for (int l = 0; l < 16; ++l) {
-    d0 += (int)s.q[l] * (int)a.qs[l];
-    d1 += (int)s.q[16 + l] * (int)a.qs[16 + l];
-    a0 += a.qs[l];
-    a1 += a.qs[16 + l];
+  const bool mins = s.dm != 0.f;
+  for (int i = 0; i < 4; ++i) {
+    const int w0 = act_word(a, i), w1 = act_word(a, 4 + i);
+    d0 = dot4(pack4(s.q + 4 * i), w0, d0);
+    d1 = dot4(pack4(s.q + 16 + 4 * i), w1, d1);
+    if (mins) {
+      a0 = dot4(0x01010101, w0, a0);
+      a1 = dot4(0x01010101, w1, a1);
+    }
   }
   // (d_a * d_w) * isum: the CPU kernels' association for the formats without mins.
   float r = (a.d * s.d) * (float)(s.sc[0] * d0 + s.sc[1] * d1);
-  if (s.dm != 0.f) r -= (a.d * s.dm) * (float)(s.mn[0] * a0 + s.mn[1] * a1);
+  if (mins) r -= (a.d * s.dm) * (float)(s.mn[0] * a0 + s.mn[1] * a1);
   return r;
 }
 
