@@ -5,6 +5,8 @@ the layer loop and the output projection). Also the peak RSS of one long prompt 
 
     python bench/bench_native_step.py --model FILE.gguf [--prompt 80 --decode 32 --threads 2 --repeat 3]
     python bench/bench_native_step.py --model FILE.gguf --modes native --long 8192 --ubatch 512
+    python bench/bench_native_step.py --model FILE.gguf --halves --repeat 6
+    python bench/bench_native_step.py --model FILE.gguf --interleave   # engines alternate per token
 """
 from __future__ import annotations
 
@@ -81,6 +83,72 @@ class _PeakAnon:
         return self.peak
 
 
+def _interleaved(engines: dict, ids: list[int], args: argparse.Namespace) -> int:
+    """Decode steps alternate between the engines one token at a time (the same page cache and the
+    same moment's load for both), medians per step; prompts alternate per round."""
+    steps: dict[str, list[float]] = {m: [] for m in engines}
+    prompts: dict[str, list[float]] = {m: [] for m in engines}
+    for _ in range(args.repeat):
+        for m, e in engines.items():
+            e.reset()
+            t0 = time.perf_counter()
+            e.prefill(ids)
+            prompts[m].append(len(ids) / (time.perf_counter() - t0))
+        for i in range(args.decode):
+            for m, e in engines.items():
+                t0 = time.perf_counter()
+                e.decode((ids[-1] + 17 * i) % e.config.n_vocab)
+                steps[m].append(time.perf_counter() - t0)
+    print(f"{args.model}: prompt {len(ids)}, {args.decode} decode steps x {args.repeat}, interleaved per token, "
+          f"threads {args.threads}, cache {args.cache_type}")
+    for m in engines:
+        med = statistics.median(steps[m])
+        print(f"  {m:7s} prompt {statistics.median(prompts[m]):8.2f} tok/s  decode {1 / med:7.3f} tok/s "
+              f"(median step {1000 * med:.1f} ms)")
+    return 0
+
+
+def _halves(path: str, args: argparse.Namespace) -> int:
+    """Each layer half on its own, native vs the Python layers alternating in one process: decode (one
+    token) after a 40-token prompt, layers 0..2, medians of --repeat (after 2 warm-ups)."""
+    from kimi_runtime.model.attention import rms_norm
+    from kimi_runtime.model.moe import MoE
+
+    args.n_ctx = 256
+    e = _engine(path, "native", args)
+    st, m = e.model.native, e.model
+    ids = torch.randint(0, e.config.n_vocab, (40,), generator=torch.Generator().manual_seed(1))
+    e.prefill(ids)
+    start = e.cache.length
+    h0 = m.embed.rows(ids[:1])
+    res: dict[tuple[str, int], list[float]] = {}
+    layers = range(min(3, e.config.n_layer))
+    for rep in range(args.repeat + 2):
+        for i in layers:
+            b = m.blocks[i]
+            st.hidden[:1] = h0
+            t0 = time.perf_counter()
+            st.plan.attention(i, 1, start)
+            t1 = time.perf_counter()
+            st.plan.ffn(i, 1)
+            t2 = time.perf_counter()
+            pos = torch.arange(start, start + 1)
+            h = h0 + b.attn(rms_norm(h0, b.attn_norm, b.eps), pos, e.cache, start, True)
+            x = rms_norm(h, b.ffn_norm, b.eps)
+            t3 = time.perf_counter()
+            _ = b.ffn(x, pos) if isinstance(b.ffn, MoE) else b.ffn(x)
+            t4 = time.perf_counter()
+            if rep >= 2:
+                for k, v in ((("native attention", i), t1 - t0), (("native ffn", i), t2 - t1),
+                             (("python attention", i), t3 - t2), (("python ffn", i), t4 - t3)):
+                    res.setdefault(k, []).append(v)
+    print(f"{path}: layer halves at decode (40 cached positions), medians of {args.repeat}, threads {args.threads}")
+    for (name, i), v in sorted(res.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        kind = "MoE" if e.config.is_moe_layer(i) else "dense"
+        print(f"  layer {i} ({kind:5s}) {name:17s} {1000 * statistics.median(v):7.2f} ms")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -92,8 +160,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-type", default="f16", choices=["f16", "f32"])
     ap.add_argument("--ubatch", type=int, default=512)
     ap.add_argument("--n-ctx", type=int, default=None)
+    ap.add_argument("--halves", action="store_true", help="time each layer half, native vs Python layers")
+    ap.add_argument("--interleave", action="store_true", help="alternate the engines per decode token")
     ap.add_argument("--long", type=int, default=0, help="instead: one prompt of this many tokens; peak RSS")
     args = ap.parse_args(argv)
+    if args.halves:
+        return _halves(args.model, args)
     modes = [m for m in args.modes.split(",") if m]
     if args.long:
         args.n_ctx = args.n_ctx or args.long + 8
@@ -120,6 +192,8 @@ def main(argv=None) -> int:
                         generator=torch.Generator().manual_seed(1)).tolist()
     for e in engines.values():  # warm-up: page in the weights this prompt touches
         _round(e, ids, 2)
+    if args.interleave:
+        return _interleaved(engines, ids, args)
     res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     for _ in range(args.repeat):
         for m, e in engines.items():
