@@ -36,6 +36,10 @@ DevicePool::DevicePool(std::shared_ptr<Device> dev, std::shared_ptr<ExpertStore>
     free_staging_.push_back(i);
   }
   for (int i = 0; i < n_readers; ++i) readers_.emplace_back([this] { reader_main(); });
+  // Every reader has bound the device before the pool is used, so no load runs on an unbound thread
+  // however late the scheduler starts one.
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return bound_readers_ == (int)readers_.size(); });
 }
 
 DevicePool::~DevicePool() {
@@ -202,6 +206,11 @@ int DevicePool::prefetch(int layer, const std::vector<int>& ids) {
 
 void DevicePool::reader_main() {
   dev_->bind_thread();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++bound_readers_;
+  }
+  cv_.notify_all();
   for (;;) {
     Job job;
     int b;

@@ -114,6 +114,7 @@ class DevicePool {
   std::vector<int> free_staging_;
   std::mutex issue_mu_;  // orders copy-stream work of concurrent readers
   std::vector<std::thread> readers_;
+  int bound_readers_ = 0;  // readers that have bound the device (guarded by mu_)
 };
 
 }  // namespace kr::devpool
