@@ -123,8 +123,10 @@ def test_errors_show_the_subcommand_usage(argv, usage, message, capsys: pytest.C
 def test_n_predict_checked(tiny_gguf: str, capsys: pytest.CaptureFixture) -> None:
     rc, _, err = _run(capsys, ["run", tiny_gguf, "-p", "x", "-n", "0"])
     assert rc == 2 and "-n must be >= 1" in err
-    rc, _, err = _run(capsys, ["run", tiny_gguf, "-p", "x", "-n", "-1", "-c", "24", "--raw"])
+    rc, _, err = _run(capsys, ["run", tiny_gguf, "-p", "x", "-n", "-1", "-c", "24", "--raw", "--ignore-eos"])
     assert rc == 0 and "[length]" in err  # -1: until the context is full
+    prompt = int(err.split("] prompt ")[1].split()[0])
+    assert f"generated {24 - prompt} tok" in err
 
 
 def test_ctx_checked_against_model_and_memory(tiny_gguf: str, capsys: pytest.CaptureFixture,

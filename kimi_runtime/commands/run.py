@@ -210,6 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", default=None, help="system prompt (chat mode)")
     p.add_argument("--thinking", action="store_true", help="thinking mode (<think>...</think>)")
     p.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="keep generating past end-of-generation tokens (as llama.cpp's --ignore-eos)")
     add_output_args(p)
     add_sampling_args(p)
     p.set_defaults(func=main)
@@ -238,7 +240,8 @@ def main(args: argparse.Namespace) -> int:
     if room < 1:
         raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {gen.n_ctx} (raise -c)")
     params.max_tokens = max(1, min(params.max_tokens, room))
-    events = gen.generate(ids, params, extra_stops=gen.chat_stops if args.chat else [])
+    events = gen.generate(ids, params, extra_stops=gen.chat_stops if args.chat else [],
+                          ignore_eos=args.ignore_eos)
     last, _ = stream_events(events, sys.stdout, not args.hide_thinking)
     print_speed(last, sys.stderr, args.verbose, gen.engine)
     if args.trace:
