@@ -132,6 +132,20 @@ def _style(plt: Any, name: str, i: int) -> dict[str, Any]:
     return {"linestyle": ls, "color": plt.get_cmap("tab20")(i % 20), "linewidth": 1.2}
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _hit_rate_axes(ax: Any) -> None:
+    """The y axis, grid and legend every hit-rate figure shares."""
+    ax.set_ylabel("hit rate")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
 def _fig_hit_rates(plt: Any, st: dict[str, Any], scope: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     rows = st["results"][scope]
@@ -142,14 +156,9 @@ def _fig_hit_rates(plt: Any, st: dict[str, Any], scope: str, path: Path) -> None
     ax.axvline(st["kimi_equivalent_slots"], color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("slots per layer" + (" (one pool shared by all layers)" if scope == "global" else ""))
-    ax.set_ylabel("hit rate")
-    ax.set_ylim(0, 1)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    _hit_rate_axes(ax)
     ax.set_title(f"hit rate vs cache size ({scope}); dotted: Kimi-K2-equivalent size")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _fig_per_layer(plt: Any, st: dict[str, Any], path: Path) -> None:
@@ -159,14 +168,9 @@ def _fig_per_layer(plt: Any, st: dict[str, Any], path: Path) -> None:
         ls = sorted(int(l) for l in d)
         ax.plot(ls, [d[str(l)] for l in ls], marker="o", ms=3, label=name, **_style(plt, name, i))
     ax.set_xlabel("layer")
-    ax.set_ylabel("hit rate")
-    ax.set_ylim(0, 1)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    _hit_rate_axes(ax)
     ax.set_title(f"per-layer hit rate at {st['kimi_equivalent_slots']} slots per layer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _fig_popularity(plt: Any, st: dict[str, Any], path: Path) -> None:
@@ -182,9 +186,7 @@ def _fig_popularity(plt: Any, st: dict[str, Any], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("expert popularity (sorted)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _fig_reuse(plt: Any, st: dict[str, Any], path: Path) -> None:
@@ -198,9 +200,7 @@ def _fig_reuse(plt: Any, st: dict[str, Any], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("reuse-distance histogram")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _fig_prefetch(plt: Any, st: dict[str, Any], path: Path) -> None:
@@ -219,9 +219,7 @@ def _fig_prefetch(plt: Any, st: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("predicted layer")
     ax.set_title("next-layer router guess")
     ax.grid(True, alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 FIGURES = {"hit_rate_layer.png": "Hit rate vs slots, a partition of the slots per layer",
