@@ -120,12 +120,14 @@ def load_generator(path: str, err: Optional[TextIO] = None, *, info: Any = None,
           f"vocab {cfg.n_vocab}, context {gen.n_ctx})", file=err, flush=True)
     for line in lines:
         print(f"placement: {line}", file=err)
-    warning = gpu_warning(n_gpu_layers) if os.environ.get("KR_GPU_BACKEND") != "emu" else None
+    if not n_gpu_layers:
+        return gen
+    from kimi_runtime.gpu.attach import attach_gpu, emulated
+
+    warning = None if emulated() else gpu_warning(n_gpu_layers)
     if warning:
         print(warning, file=err)
-    elif n_gpu_layers:
-        from kimi_runtime.gpu.attach import attach_gpu
-
+    else:
         for line in attach_gpu(gen.engine, int(n_gpu_layers), kw.get("gpu_budget")):
             print(f"placement: {line}", file=err)
     return gen

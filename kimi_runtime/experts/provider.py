@@ -116,9 +116,6 @@ class CachedExpertProvider(DirectExpertProvider):
         if not fused:
             raise ValueError("the native step needs quantized experts")
         slotted = plan.slotted
-        room = self.cache.capacity - self.cache.pinned_slots
-        if len(slotted) > room:  # the disk tier's prompt: what does not fit in slots runs from the file
-            slotted = slotted[:room]
         slots = self.cache.acquire(layer, slotted) if slotted else []
         try:
             self._prefetch_next(layer, x)

@@ -14,8 +14,13 @@ from typing import Any, Optional
 from kimi_runtime.gpu.status import GpuUnavailable
 
 
+def emulated() -> bool:
+    """KR_GPU_BACKEND=emu: the GPU path through the host emulator (tests on machines without a GPU)."""
+    return os.environ.get("KR_GPU_BACKEND", "cuda") == "emu"
+
+
 def _backend() -> Any:
-    if os.environ.get("KR_GPU_BACKEND", "cuda") == "emu":
+    if emulated():
         from kimi_runtime.gpu.backend import EmuBackend
 
         return EmuBackend()
@@ -65,4 +70,4 @@ def attach_gpu(engine: Any, n_gpu_layers: int, gpu_budget: Any = None) -> list[s
     return lines
 
 
-__all__ = ["GpuUnavailable", "attach_gpu", "vram_slots"]
+__all__ = ["GpuUnavailable", "attach_gpu", "emulated", "vram_slots"]
